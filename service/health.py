@@ -1,0 +1,64 @@
+"""Liveness and readiness probes."""
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from fastapi import APIRouter, Depends, Request, status
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
+
+from service.db import DatabaseDep
+
+ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+
+router = APIRouter(tags=["health"])
+
+
+def alembic_heads() -> frozenset[str]:
+    """The head revisions of the migrations shipped with this code (reads files only)."""
+    config = Config(str(ALEMBIC_INI))
+    return frozenset(ScriptDirectory.from_config(config).get_heads())
+
+
+async def get_schema_heads(request: Request) -> frozenset[str]:
+    """The revisions this process expects the database to be at (lifespan state)."""
+    heads: frozenset[str] = request.state.schema_heads
+    return heads
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: the process runs and its event loop answers. Touches no database."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "Database unreachable or not migrated"}})
+async def readyz(
+    database: DatabaseDep,
+    heads: Annotated[frozenset[str], Depends(get_schema_heads)],
+    request: Request,
+) -> JSONResponse:
+    """Readiness: the database answers and its schema is at this code's Alembic head."""
+    try:
+        # Bounded like a connection attempt, so a probe never hangs on a saturated pool.
+        async with asyncio.timeout(request.state.settings.db_connect_timeout):
+            async with database.autocommit.connect() as connection:
+                current = await connection.scalar(text("SELECT version_num FROM alembic_version"))
+    except ProgrammingError:
+        return _unavailable("schema not migrated: no alembic_version table")
+    except (SQLAlchemyError, OSError, TimeoutError):
+        return _unavailable("database unreachable")
+    if current not in heads:
+        return _unavailable(f"schema at {current}, expected {', '.join(sorted(heads))}")
+    return JSONResponse({"status": "ready"})
+
+
+def _unavailable(reason: str) -> JSONResponse:
+    return JSONResponse(
+        {"status": "unavailable", "reason": reason},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+    )

@@ -1,0 +1,56 @@
+"""The ASGI application: `create_app()` builds it, `app` is what servers import."""
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from fastapi import FastAPI
+
+from service import health
+from service.config import Settings, get_settings
+from service.db import create_database
+from service.errors import register_error_handlers
+from service.logging import configure_logging
+from service.notes.router import router as notes_router
+from service.timing import ServerTimingMiddleware
+
+logger = structlog.get_logger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; every resource that opens a socket is made later, in the lifespan."""
+    settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    schema_heads = health.alembic_heads()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        database = create_database(settings)
+        logger.info(
+            "database_engine_created",
+            pool_size=settings.db_pool_size,
+            max_overflow=settings.db_max_overflow,
+        )
+        try:
+            yield {"database": database, "settings": settings, "schema_heads": schema_heads}
+        finally:
+            await database.dispose()
+            logger.info("database_engine_disposed")
+
+    app = FastAPI(
+        title="notes",
+        version="0.1.0",
+        lifespan=lifespan,
+        # Interactive docs are a development aid; production serves only the API.
+        docs_url="/docs" if settings.environment != "production" else None,
+        redoc_url=None,
+    )
+    app.include_router(health.router)
+    app.include_router(notes_router)
+    register_error_handlers(app)
+    app.add_middleware(ServerTimingMiddleware)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,1 @@
+"""The notes domain: a small CRUD resource with optimistic concurrency."""

@@ -1,0 +1,143 @@
+"""HTTP routes of the notes API: parse, delegate to the service, shape the response."""
+
+import base64
+import binascii
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
+from pydantic import BeforeValidator
+
+from service.db import DatabaseDep, ReadConnectionDep, SessionDep
+from service.notes import service
+from service.notes.etag import IfMatch, etag_for, parse_if_match
+from service.notes.schemas import Note, NoteCreate, NotePage, NoteReplace, NoteStats, NoteUpdate
+from service.notes.service import NoteRow
+
+router = APIRouter(prefix="/api/v1/notes", tags=["notes"])
+
+_CURSOR_PREFIX = b"after:"
+_BIGINT_MAX = 2**63 - 1
+
+NoteId = Annotated[int, Path(le=_BIGINT_MAX, description="The note's id.")]
+
+
+def encode_cursor(after_id: int) -> str:
+    """The opaque cursor that continues a walk after note `after_id`."""
+    return base64.urlsafe_b64encode(_CURSOR_PREFIX + str(after_id).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: object) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(str(cursor) + "=" * (-len(str(cursor)) % 4))
+    except (binascii.Error, ValueError):
+        raw = b""
+    digits = raw.removeprefix(_CURSOR_PREFIX)
+    if not raw.startswith(_CURSOR_PREFIX) or not digits.isdigit() or len(digits) > 19:
+        msg = "invalid cursor: pass back a next_cursor from an earlier page"
+        raise ValueError(msg)
+    return int(digits)
+
+
+Cursor = Annotated[int | None, BeforeValidator(_decode_cursor)]
+
+
+async def if_match_precondition(
+    note_id: NoteId, if_match: Annotated[str | None, Header()] = None
+) -> IfMatch | None:
+    """The request's If-Match header, parsed for the note it targets."""
+    return None if if_match is None else parse_if_match(if_match, note_id)
+
+
+IfMatchDep = Annotated[IfMatch | None, Depends(if_match_precondition)]
+
+
+def _note_body(row: NoteRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "text": row.text,
+        "completed": row.completed,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def _json(
+    content: Any, *, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    # Rows are rendered straight to JSON: the response model documents the shape, and
+    # validating data that came out of our own table would only cost time.
+    body = orjson.dumps(content, option=orjson.OPT_UTC_Z)
+    return Response(body, status_code=status_code, headers=headers, media_type="application/json")
+
+
+def _note_response(row: NoteRow, *, status_code: int = 200) -> Response:
+    headers = {"ETag": etag_for(row.id, row.version)}
+    if status_code == status.HTTP_201_CREATED:
+        headers["Location"] = f"{router.prefix}/{row.id}"
+    return _json(_note_body(row), status_code=status_code, headers=headers)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=Note)
+async def create_note(note_in: NoteCreate, session: SessionDep) -> Response:
+    """Create a note."""
+    row = await service.create_note(session=session, note_in=note_in)
+    return _note_response(row, status_code=status.HTTP_201_CREATED)
+
+
+@router.get("", response_model=NotePage)
+async def list_notes(
+    connection: ReadConnectionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    completed: bool | None = None,
+    cursor: Annotated[Cursor, Query()] = None,
+) -> Response:
+    """List notes in ascending id order, a page at a time."""
+    rows, more = await service.list_notes(
+        connection=connection, limit=limit, completed=completed, after_id=cursor
+    )
+    next_cursor = encode_cursor(rows[-1].id) if more else None
+    return _json({"items": [_note_body(row) for row in rows], "next_cursor": next_cursor})
+
+
+@router.get("/stats", response_model=NoteStats)
+async def note_stats(database: DatabaseDep) -> NoteStats:
+    """Count notes by state; the counts run concurrently on separate connections."""
+    return await service.count_notes(database=database)
+
+
+@router.get("/{note_id}", response_model=Note)
+async def get_note(note_id: NoteId, connection: ReadConnectionDep) -> Response:
+    """Read one note."""
+    return _note_response(await service.get_note(connection=connection, note_id=note_id))
+
+
+@router.patch("/{note_id}", response_model=Note)
+async def update_note(
+    note_id: NoteId, changes: NoteUpdate, session: SessionDep, if_match: IfMatchDep
+) -> Response:
+    """Change some fields of a note."""
+    row = await service.update_note(
+        session=session, note_id=note_id, changes=changes.changes(), if_match=if_match
+    )
+    return _note_response(row)
+
+
+@router.put("/{note_id}", response_model=Note)
+async def replace_note(
+    note_id: NoteId, note_in: NoteReplace, session: SessionDep, if_match: IfMatchDep
+) -> Response:
+    """Replace every field of a note."""
+    row = await service.update_note(
+        session=session, note_id=note_id, changes=note_in.model_dump(), if_match=if_match
+    )
+    return _note_response(row)
+
+
+@router.delete("/{note_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_note(note_id: NoteId, session: SessionDep, if_match: IfMatchDep) -> Response:
+    """Delete a note."""
+    await service.delete_note(session=session, note_id=note_id, if_match=if_match)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -16,6 +16,11 @@ logger = structlog.get_logger(__name__)
 # Seconds a client should wait before retrying when the database is the problem.
 _RETRY_AFTER = "1"
 
+# SQLSTATE classes and codes that mean "the database cannot serve this now", not "our bug":
+# connection exceptions, insufficient resources, operator intervention (which includes the
+# statement timeout, 57014).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
 
 async def _note_not_found(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
@@ -35,8 +40,10 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    # Connection-level failures mean the database is away; anything else is our bug.
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    # Failures of the database itself are 503; anything else is our bug.
+    sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+    invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
+    if invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASSES):
         return await _database_unavailable(request, exc)
     return await _internal_error(request, exc)
 

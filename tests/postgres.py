@@ -1,0 +1,112 @@
+"""A PostgreSQL server for the test run, and fresh databases on it.
+
+Order of preference: TEST_DATABASE_URL (a server URL; its database name is ignored), a server
+on 127.0.0.1:5432 that lets user postgres in, and else a throwaway cluster started with the
+local binaries by `deploy/native/pg-cluster`.
+"""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+from sqlalchemy.engine import URL, make_url
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_CLUSTER = ROOT / "deploy" / "native" / "pg-cluster"
+DEFAULT_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+
+T = TypeVar("T")
+
+
+def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from sync code, even inside a running event loop."""
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        return executor.submit(asyncio.run, coroutine).result()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def asyncpg_dsn(url: URL) -> str:
+    """The URL in the plain postgresql:// form asyncpg takes."""
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _answers(url: URL) -> bool:
+    try:
+        connection = await asyncpg.connect(asyncpg_dsn(url), timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return False
+    await connection.close()
+    return True
+
+
+async def admin_execute(server: URL, *statements: str) -> None:
+    """Run statements on the server's maintenance database."""
+    connection = await asyncpg.connect(asyncpg_dsn(server.set(database="postgres")))
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+@contextmanager
+def postgres_server(workdir: Path) -> Iterator[URL]:
+    """Yield the URL of a server the tests may create databases on."""
+    explicit = os.environ.get("TEST_DATABASE_URL")
+    if explicit:
+        url = make_url(explicit).set(drivername="postgresql+asyncpg")
+        if not run_sync(_answers(url.set(database="postgres"))):
+            msg = f"TEST_DATABASE_URL does not answer: {url!r}"
+            raise RuntimeError(msg)
+        yield url.set(database="postgres")
+        return
+    local = make_url(DEFAULT_SERVER)
+    if run_sync(_answers(local)):
+        yield local
+        return
+    datadir = workdir / "postgres"
+    port = free_port()
+    subprocess.run([PG_CLUSTER, "start", datadir, str(port)], check=True)
+    try:
+        yield local.set(port=port)
+    finally:
+        subprocess.run([PG_CLUSTER, "stop", datadir], check=False)
+
+
+@contextmanager
+def fresh_database(server: URL, prefix: str = "notes_test") -> Iterator[URL]:
+    """Create a uniquely named database, yield its URL, drop it afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    run_sync(admin_execute(server, f'CREATE DATABASE "{name}"'))
+    try:
+        yield server.set(database=name)
+    finally:
+        run_sync(admin_execute(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def migrate(database: URL, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the Alembic CLI against `database`, as `make migrate` does."""
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", *args],
+        cwd=ROOT,
+        env={**os.environ, "DATABASE_URL": database.render_as_string(hide_password=False)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )

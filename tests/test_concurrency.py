@@ -1,0 +1,106 @@
+"""What many clients at once must not break: pagination walks, ETags, concurrent stats."""
+
+import asyncio
+
+import asyncpg
+import httpx
+from sqlalchemy.engine import URL
+
+from tests.postgres import asyncpg_dsn
+
+NOTES = "/api/v1/notes"
+
+
+async def test_walk_sees_every_row_once_while_rows_are_inserted(
+    client: httpx.AsyncClient,
+) -> None:
+    existing = set()
+    for index in range(60):
+        response = await client.post(NOTES, json={"text": f"walk {index}"})
+        existing.add(response.json()["id"])
+
+    inserted: list[int] = []
+    seen: list[int] = []
+    cursor: dict[str, str] = {}
+    while True:
+        # A writer adds notes between every page the reader fetches.
+        for _ in range(3):
+            inserted.append((await client.post(NOTES, json={"text": "late"})).json()["id"])
+        page = (await client.get(NOTES, params={"limit": 7, **cursor})).json()
+        seen.extend(item["id"] for item in page["items"])
+        if page["next_cursor"] is None:
+            break
+        cursor = {"cursor": page["next_cursor"]}
+
+    assert len(seen) == len(set(seen)), "a row was returned twice"
+    assert seen == sorted(seen)
+    assert existing <= set(seen), "a row that existed before the walk was skipped"
+    # Rows inserted before the last page was read land behind the cursor and are seen too.
+    assert set(inserted[:-3]) <= set(seen)
+
+
+async def test_concurrent_patches_with_one_etag_give_one_winner(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await client.post(NOTES, json={"text": "contended"})
+    url, etag = created.headers["location"], created.headers["etag"]
+
+    responses = await asyncio.gather(
+        *(
+            client.patch(url, json={"text": f"writer {n}"}, headers={"If-Match": etag})
+            for n in range(10)
+        )
+    )
+
+    statuses = sorted(response.status_code for response in responses)
+    assert statuses == [200] + [412] * 9
+    winner = next(response for response in responses if response.status_code == 200)
+    final = await client.get(url)
+    assert final.json()["text"] == winner.json()["text"]
+    assert final.headers["etag"] == winner.headers["etag"]
+
+
+async def test_concurrent_deletes_with_one_etag_give_one_winner(
+    client: httpx.AsyncClient,
+) -> None:
+    created = await client.post(NOTES, json={"text": "deleted once"})
+    url, etag = created.headers["location"], created.headers["etag"]
+    responses = await asyncio.gather(
+        *(client.delete(url, headers={"If-Match": etag}) for _ in range(6))
+    )
+    statuses = sorted(response.status_code for response in responses)
+    # The losers find the note gone: 404, never a second 204.
+    assert statuses.count(204) == 1
+    assert set(statuses) <= {204, 404, 412}
+
+
+async def test_stats_counts_run_at_the_same_time(
+    client: httpx.AsyncClient, database_url: URL
+) -> None:
+    """Both counts must be waiting on the table at once: proof they are not sequential."""
+    blocker = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+        request = asyncio.create_task(client.get(f"{NOTES}/stats"))
+
+        waiting = 0
+        for _ in range(100):
+            # Inside a transaction pg_stat_activity is a snapshot: take a new one each time.
+            await blocker.execute("SELECT pg_stat_clear_snapshot()")
+            waiting = await blocker.fetchval(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND wait_event_type = 'Lock' "
+                "AND query LIKE 'SELECT count(*)%'"
+            )
+            if waiting >= 2:
+                break
+            await asyncio.sleep(0.05)
+        await transaction.rollback()
+        response = await request
+    finally:
+        await blocker.close()
+
+    assert waiting == 2
+    assert response.status_code == 200

@@ -1,0 +1,82 @@
+"""Readiness and failure: a database that is away or behind gives 503, quickly."""
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+from asgi_lifespan import LifespanManager
+from sqlalchemy.engine import URL, make_url
+
+from service.main import create_app
+from tests.conftest import settings_for
+from tests.postgres import asyncpg_dsn, free_port, fresh_database, migrate
+
+
+@asynccontextmanager
+async def app_client(url: URL, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings_for(url, **overrides))
+    async with LifespanManager(app) as manager:
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://notes.test") as client:
+            yield client
+
+
+async def test_unreachable_database_gives_503_fast() -> None:
+    closed = make_url(f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/notes")
+    async with app_client(closed, db_connect_timeout=1.0, db_pool_timeout=1.0) as client:
+        started = time.monotonic()
+        ready = await client.get("/readyz")
+        note = await client.get("/api/v1/notes/1")
+        created = await client.post("/api/v1/notes", json={"text": "x"})
+        elapsed = time.monotonic() - started
+        live = await client.get("/healthz")
+
+    assert ready.status_code == 503
+    assert ready.json() == {"status": "unavailable", "reason": "database unreachable"}
+    assert note.status_code == 503
+    assert created.status_code == 503
+    assert note.json() == {"detail": "Database unavailable"}
+    assert note.headers["retry-after"] == "1"
+    assert elapsed < 5, f"three requests took {elapsed:.1f}s against a closed port"
+    assert live.status_code == 200
+
+
+async def test_readyz_on_an_unmigrated_database(pg_server: URL) -> None:
+    with fresh_database(pg_server) as url:
+        async with app_client(url) as client:
+            response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["status"] == "unavailable"
+    assert "not migrated" in response.json()["reason"]
+
+
+async def test_readyz_on_a_database_behind_head(pg_server: URL) -> None:
+    with fresh_database(pg_server) as url:
+        assert migrate(url, "upgrade", "head").returncode == 0
+        connection = await asyncpg.connect(asyncpg_dsn(url))
+        await connection.execute("UPDATE alembic_version SET version_num = 'old_revision'")
+        await connection.close()
+        async with app_client(url) as client:
+            response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert "old_revision" in response.json()["reason"]
+
+
+async def test_statement_timeout_gives_503_without_sql(database_url: URL) -> None:
+    blocker = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+        async with app_client(database_url, db_statement_timeout=0.2) as client:
+            started = time.monotonic()
+            response = await client.get("/api/v1/notes", params={"limit": 5})
+            elapsed = time.monotonic() - started
+        await transaction.rollback()
+    finally:
+        await blocker.close()
+    assert response.status_code == 503
+    assert response.json() == {"detail": "Database unavailable"}
+    assert elapsed < 3

@@ -1,0 +1,152 @@
+"""The app as separate OS processes: each builds its own pool, none connects at import."""
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+
+from tests.postgres import ROOT, asyncpg_dsn, free_port
+
+
+def service_env(url: URL | str, **extra: str) -> dict[str, str]:
+    database_url = url if isinstance(url, str) else url.render_as_string(hide_password=False)
+    return {**os.environ, "DATABASE_URL": database_url, "ENVIRONMENT": "test", **extra}
+
+
+@contextmanager
+def uvicorn_process(url: URL) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port)],
+        cwd=ROOT,
+        env=service_env(url),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, "uvicorn exited during start"
+            assert time.monotonic() < deadline, "uvicorn never became ready"
+            time.sleep(0.1)
+        yield process, base
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def test_two_processes_each_open_their_own_pool(database_url: URL) -> None:
+    with (
+        uvicorn_process(database_url) as (first, first_url),
+        uvicorn_process(database_url) as (second, second_url),
+    ):
+        created = httpx.post(f"{first_url}/api/v1/notes", json={"text": "across processes"})
+        assert created.status_code == 201
+        read = httpx.get(f"{second_url}{created.headers['location']}")
+        assert read.status_code == 200
+        assert read.json() == created.json()
+        # Load both pools past one connection so each holds several of its own.
+        with httpx.Client() as client:
+            for base in (first_url, second_url):
+                for _ in range(3):
+                    assert client.get(f"{base}/api/v1/notes/stats").status_code == 200
+
+        async def holders() -> dict[str, int]:
+            connection = await asyncpg.connect(asyncpg_dsn(database_url))
+            try:
+                rows = await connection.fetch(
+                    "SELECT application_name, count(*) AS n FROM pg_stat_activity "
+                    "WHERE datname = current_database() "
+                    "AND application_name LIKE 'notes-service:%' GROUP BY 1"
+                )
+                return {row["application_name"]: row["n"] for row in rows}
+            finally:
+                await connection.close()
+
+        pools = asyncio.run(holders())
+    assert pools.get(f"notes-service:{first.pid}", 0) >= 1, pools
+    assert pools.get(f"notes-service:{second.pid}", 0) >= 1, pools
+
+
+def test_import_and_app_creation_open_no_connection() -> None:
+    """A listener that counts connections stands in for the database."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(2)
+        port = listener.getsockname()[1]
+        script = (
+            "import service.main\n"
+            "from service.db import create_database\n"
+            "from service.config import get_settings\n"
+            "create_database(get_settings())\n"
+            "print('imported')\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env=service_env(f"postgresql+asyncpg://postgres@127.0.0.1:{port}/notes"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "imported" in result.stdout
+        with pytest.raises(TimeoutError):
+            listener.accept()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("DB_POOL_SIZE", "lots"),
+        ("DB_POOL_TIMEOUT", "-1"),
+        ("LOG_FORMAT", "xml"),
+        ("DATABASE_URL", "mysql://user:hunter2@db/notes"),
+    ],
+)
+def test_a_bad_setting_stops_the_start_and_names_the_variable(variable: str, value: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "import service.main"],
+        cwd=ROOT,
+        env={**os.environ, variable: value},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "invalid configuration" in result.stderr
+    assert variable in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_production_refuses_the_default_database_url() -> None:
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import service.main"],
+        cwd=ROOT,
+        env={**env, "ENVIRONMENT": "production"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "DATABASE_URL must be set explicitly" in result.stderr

@@ -31,7 +31,7 @@ class Settings(BaseSettings):
     database_url: PostgresDsn = Field(default=PostgresDsn(DEFAULT_DATABASE_URL))
 
     db_pool_size: Annotated[int, Field(ge=1, le=1000)] = 5
-    db_max_overflow: Annotated[int, Field(ge=0, le=1000)] = 5
+    db_max_overflow: Annotated[int, Field(ge=0, le=1000)] = 0
     db_pool_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
     db_pool_recycle: Annotated[float, Field(ge=-1)] = 1800.0
     db_pool_pre_ping: bool = False

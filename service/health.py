@@ -46,7 +46,7 @@ async def readyz(
     try:
         # Bounded like a connection attempt, so a probe never hangs on a saturated pool.
         async with asyncio.timeout(request.state.settings.db_connect_timeout):
-            async with database.autocommit.connect() as connection:
+            async with database.read_connection() as connection:
                 current = await connection.scalar(text("SELECT version_num FROM alembic_version"))
     except ProgrammingError:
         return _unavailable("schema not migrated: no alembic_version table")

@@ -1,11 +1,13 @@
 """What many clients at once must not break: pagination walks, ETags, concurrent stats."""
 
 import asyncio
+import time
 
 import asyncpg
 import httpx
 from sqlalchemy.engine import URL
 
+from tests.apps import app_client
 from tests.postgres import asyncpg_dsn
 
 NOTES = "/api/v1/notes"
@@ -104,3 +106,33 @@ async def test_stats_counts_run_at_the_same_time(
 
     assert waiting == 2
     assert response.status_code == 200
+
+
+async def test_many_concurrent_stats_on_a_small_pool_never_deadlock(database_url: URL) -> None:
+    """Each stats request needs two connections; with room for only two, requests that each
+    held one and waited for a second would starve each other until the pool timeout."""
+    async with app_client(database_url, db_pool_size=2, db_pool_timeout=5.0) as small:
+        responses = await asyncio.gather(*(small.get(f"{NOTES}/stats") for _ in range(20)))
+    assert [response.status_code for response in responses] == [200] * 20
+
+
+async def test_a_full_pool_gives_503_after_the_pool_timeout(database_url: URL) -> None:
+    blocker = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        transaction = blocker.transaction()
+        await transaction.start()
+        await blocker.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+        async with app_client(database_url, db_pool_size=1, db_pool_timeout=0.5) as small:
+            holder = asyncio.create_task(small.get(f"{NOTES}/1"))
+            await asyncio.sleep(0.3)
+            started = time.monotonic()
+            waiter = await small.get(f"{NOTES}/2")
+            waited = time.monotonic() - started
+            await transaction.rollback()
+            held = await holder
+    finally:
+        await blocker.close()
+    assert waiter.status_code == 503
+    assert waiter.json() == {"detail": "Database unavailable"}
+    assert 0.4 < waited < 3
+    assert held.status_code in {200, 404}

@@ -1,26 +1,12 @@
 """Readiness and failure: a database that is away or behind gives 503, quickly."""
 
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import asyncpg
-import httpx
-from asgi_lifespan import LifespanManager
 from sqlalchemy.engine import URL, make_url
 
-from service.main import create_app
-from tests.conftest import settings_for
+from tests.apps import app_client
 from tests.postgres import asyncpg_dsn, free_port, fresh_database, migrate
-
-
-@asynccontextmanager
-async def app_client(url: URL, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings_for(url, **overrides))
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://notes.test") as client:
-            yield client
 
 
 async def test_unreachable_database_gives_503_fast() -> None:

@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from pydantic import BeforeValidator
 
-from service.db import DatabaseDep, ReadConnectionDep, SessionDep
+from service.db import DatabaseDep, SessionDep
 from service.notes import service
 from service.notes.etag import IfMatch, etag_for, parse_if_match
 from service.notes.schemas import Note, NoteCreate, NotePage, NoteReplace, NoteStats, NoteUpdate
@@ -89,14 +89,14 @@ async def create_note(note_in: NoteCreate, session: SessionDep) -> Response:
 
 @router.get("", response_model=NotePage)
 async def list_notes(
-    connection: ReadConnectionDep,
+    database: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     completed: bool | None = None,
     cursor: Annotated[Cursor, Query()] = None,
 ) -> Response:
     """List notes in ascending id order, a page at a time."""
     rows, more = await service.list_notes(
-        connection=connection, limit=limit, completed=completed, after_id=cursor
+        database=database, limit=limit, completed=completed, after_id=cursor
     )
     next_cursor = encode_cursor(rows[-1].id) if more else None
     return _json({"items": [_note_body(row) for row in rows], "next_cursor": next_cursor})
@@ -109,9 +109,9 @@ async def note_stats(database: DatabaseDep) -> NoteStats:
 
 
 @router.get("/{note_id}", response_model=Note)
-async def get_note(note_id: NoteId, connection: ReadConnectionDep) -> Response:
+async def get_note(note_id: NoteId, database: DatabaseDep) -> Response:
     """Read one note."""
-    return _note_response(await service.get_note(connection=connection, note_id=note_id))
+    return _note_response(await service.get_note(database=database, note_id=note_id))
 
 
 @router.patch("/{note_id}", response_model=Note)

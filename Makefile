@@ -22,7 +22,7 @@ install: $(UV) ## Install the locked Python dependencies into .venv (uv itself t
 
 .PHONY: deps
 deps: ## Install the Debian packages the stack and its tests need, when missing
-	deploy/native/install-deps postgres
+	deploy/native/install-deps postgres nginx
 
 .PHONY: test
 test: install deps ## Run the whole test suite against a real PostgreSQL
@@ -32,12 +32,49 @@ test: install deps ## Run the whole test suite against a real PostgreSQL
 lint: install ## Check formatting, lint (ruff) and types (mypy --strict)
 	$(RUN) ruff format --check .
 	$(RUN) ruff check .
-	$(RUN) mypy service migrations tests loadtest
+	$(RUN) mypy service migrations tests loadtest deploy/native/stack.py gunicorn.conf.py
 
 .PHONY: format
 format: install ## Format the code and apply safe lint fixes
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
+
+STACK := $(RUN) python deploy/native/stack.py
+WORKERS ?=
+
+.PHONY: up
+up: install ## Start the stack (Compose if a Docker engine answers, else native) and wait for /readyz
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
+		docker compose up --detach --wait && \
+		echo "stack: ready at http://127.0.0.1:$${HTTP_PORT:-8080}/api/v1/notes"; \
+	else \
+		$(STACK) up; \
+	fi
+
+.PHONY: down
+down: ## Stop everything `make up` started and free every port
+	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
+		docker compose down; \
+	else \
+		$(STACK) down; \
+	fi
+
+.PHONY: status
+status: ## Show each component, its pid and the live worker pids
+	$(STACK) status
+
+.PHONY: logs
+logs: ## Follow the logs (.run/logs/)
+	$(STACK) logs
+
+.PHONY: reload
+reload: ## Reload code and config with zero failed requests (USR2, wait for new workers, TERM old)
+	$(STACK) reload
+
+.PHONY: scale
+scale: ## Change the worker count live: make scale WORKERS=N (after the connection budget check)
+	@test -n "$(WORKERS)" || { echo "usage: make scale WORKERS=N" >&2; exit 2; }
+	$(STACK) scale $(WORKERS)
 
 .PHONY: migrate
 migrate: install ## Upgrade the database (DATABASE_URL) to head, under an advisory lock

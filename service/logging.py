@@ -83,6 +83,8 @@ def logging_config_dict(log_level: LogLevel, log_format: LogFormat) -> dict[str,
             "uvicorn": {"handlers": [], "propagate": True},
             "gunicorn.error": {"handlers": [], "propagate": True},
             "gunicorn.access": {"handlers": [], "propagate": False},
+            # Alembic's script loader (used by /readyz's head check) chatters at INFO.
+            "alembic": {"level": "WARNING"},
         },
     }
 

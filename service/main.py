@@ -8,6 +8,7 @@ import structlog
 from fastapi import FastAPI
 
 from service import health
+from service.access_log import AccessLogMiddleware
 from service.config import Settings, get_settings
 from service.db import create_database
 from service.errors import register_error_handlers
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(notes_router)
     register_error_handlers(app)
     app.add_middleware(ServerTimingMiddleware)
+    # Added last, so outermost: the access line covers the whole request.
+    app.add_middleware(AccessLogMiddleware)
     return app
 
 

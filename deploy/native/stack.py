@@ -516,13 +516,17 @@ def scale(layout: Layout, target: int) -> None:
         fail("gunicorn is not running: make up first")
     env = service_env(layout, load_state(layout))
     budget_check(env, target)
+    # One signal at a time: gunicorn's signal queue holds only five.
     current = len(children(master))
     while current != target:
-        sig = signal.SIGTTIN if target > current else signal.SIGTTOU
-        expected = current + (1 if target > current else -1)
-        os.kill(master, sig)
-        wait_for(f"{expected} workers", lambda n=expected: len(children(master)) == n, 60)
-        current = expected
+        step = 1 if target > current else -1
+        os.kill(master, signal.SIGTTIN if step > 0 else signal.SIGTTOU)
+        current += step
+
+        def reached(count: int = current, pid: int = master) -> bool:
+            return len(children(pid)) == count
+
+        wait_for(f"{current} workers", reached, 60)
     wait_workers(layout, master, target)
     log(f"gunicorn: {target} workers {children(master)}")
 

@@ -15,6 +15,8 @@ from service.logging import logging_config_dict
 ROOT = Path(__file__).resolve().parent
 RUN_DIR = Path(os.environ.get("RUN_DIR", ROOT / ".run")).resolve()
 READY_DIR = RUN_DIR / "gunicorn" / "ready"
+# gunicorn writes its pid file before the first hook runs.
+RUN_DIR.mkdir(parents=True, exist_ok=True)
 
 wsgi_app = "service.main:app"
 worker_class = "service.worker.Worker"

@@ -1,5 +1,6 @@
 """Fixtures shared by the whole suite: a real PostgreSQL, a migrated database, the app."""
 
+import logging
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -8,6 +9,9 @@ from sqlalchemy.engine import URL
 
 from tests.apps import app_client
 from tests.postgres import fresh_database, migrate, postgres_server
+
+# The load tests send thousands of requests; httpx would log a line for each.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @pytest.fixture(scope="session")

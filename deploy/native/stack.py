@@ -308,8 +308,9 @@ def budget_check(env: dict[str, str], workers: int) -> None:
 NGINX_PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
 
 
-def render_nginx(layout: Layout) -> None:
-    """Fill nginx.conf's placeholders for native mode and check the result with nginx -t."""
+def render_nginx(layout: Layout) -> bool:
+    """Fill nginx.conf's placeholders for native mode, check the result with nginx -t, and
+    tell whether it differs from the config nginx runs with."""
     values = {
         "NGINX_RUN_DIR": str(layout.nginx_dir),
         "NGINX_ACCESS_LOG": str(layout.logs / "nginx-access.log"),
@@ -325,10 +326,16 @@ def render_nginx(layout: Layout) -> None:
     if missing:
         fail(f"nginx.conf has placeholders native mode does not fill: {sorted(missing)}")
     layout.nginx_dir.mkdir(parents=True, exist_ok=True)
-    layout.nginx_conf.write_text(NGINX_PLACEHOLDER.sub(lambda m: values[m.group(1)], template))
+    rendered = NGINX_PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    changed = not layout.nginx_conf.exists() or layout.nginx_conf.read_text() != rendered
+    previous = layout.nginx_conf.read_text() if layout.nginx_conf.exists() else None
+    layout.nginx_conf.write_text(rendered)
     result = nginx(layout, "-t", capture=True)
     if result.returncode != 0:
-        fail(f"nginx -t failed:\n{result.stderr}")
+        if previous is not None:
+            layout.nginx_conf.write_text(previous)
+        fail(f"nginx -t failed, the running config is unchanged:\n{result.stderr}")
+    return changed
 
 
 def nginx(layout: Layout, *args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
@@ -483,10 +490,11 @@ def reload(layout: Layout) -> None:
     workers = len(children(old))
     # Old and new workers overlap until the old ones drain: both sets of pools must fit.
     budget_check(service_env(layout, load_state(layout)), 2 * workers)
-    render_nginx(layout)
-    if nginx_pid(layout):
+    # nginx's own reload closes idle client keep-alive connections, which races a client's
+    # next request on them: reload it only when its config really changed.
+    if render_nginx(layout) and nginx_pid(layout):
         nginx(layout, "-s", "reload", capture=True)
-        log("nginx: configuration reloaded")
+        log("nginx: configuration changed and reloaded")
     os.kill(old, signal.SIGUSR2)
     # The new master writes gunicorn.pid.2 and takes gunicorn.pid once the old one is gone.
     new_pidfile = Path(f"{layout.gunicorn_pidfile}.2")

@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# The service image: gunicorn with uvicorn workers, the same gunicorn.conf.py as native mode.
+# Also runs the one-shot migration (`alembic upgrade head`) in docker-compose.yml.
+
+# Build and runtime must share one base: the venv's python is a symlink into it.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+
+# --- build: resolve the locked dependencies into /app/.venv -----------------------------------
+FROM ${PYTHON_IMAGE} AS build
+COPY --from=uv /uv /usr/local/bin/uv
+# Compile once here (the runtime never writes bytecode); copy, since the cache is a mount;
+# never let uv fetch a Python other than the base image's.
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PYTHON_PREFERENCE=only-system
+WORKDIR /app
+# Only the lock: this layer is rebuilt when dependencies change, not when the code does.
+COPY pyproject.toml uv.lock ./
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-install-project
+
+# --- runtime: the venv and the code, no uv, no build tools, not root --------------------------
+FROM ${PYTHON_IMAGE} AS runtime
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin app \
+    && install -d -o app -g app -m 0700 /tmp/run
+
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    ENVIRONMENT=production \
+    GUNICORN_BIND=0.0.0.0:8000 \
+    RUN_DIR=/tmp/run
+
+WORKDIR /app
+# Owned by root: the service cannot change its own code or dependencies.
+COPY --from=build /app/.venv /app/.venv
+COPY alembic.ini gunicorn.conf.py ./
+COPY migrations/ ./migrations/
+COPY service/ ./service/
+
+USER 10001:10001
+EXPOSE 8000
+
+# Liveness only (no database call); slim has no curl, Python's urllib does the same.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+
+# Exec form: gunicorn is PID 1 and gets SIGTERM itself, so a stop drains the workers.
+CMD ["gunicorn", "--config", "gunicorn.conf.py"]

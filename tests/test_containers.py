@@ -1,0 +1,597 @@
+"""The container deployment (Dockerfile, docker-compose.yml, .env.example), checked without a
+Docker engine: linted, validated against the Compose spec, and held to native mode's topology,
+ports and files (deploy/native/stack.py) so the two modes cannot drift apart."""
+
+import ast
+import json
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass
+from fnmatch import fnmatch
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+from ruamel.yaml import YAML
+
+from service.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+ENV_EXAMPLE = ROOT / ".env.example"
+NATIVE_STACK = ROOT / "deploy" / "native" / "stack.py"
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+NGINX_CONF = ROOT / "nginx.conf"
+
+PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
+# Compose interpolation: $$ is a literal $, ${NAME}, ${NAME:-default}, ${NAME:?error}, ...
+INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}")
+# The short port syntax this file uses: HOST_IP:HOST_PORT:CONTAINER_PORT.
+PORT_MAPPING = re.compile(r"^(?P<ip>[0-9.]+):(?P<host>[^:]+|\$\{[^}]+\}):(?P<container>\d+)$")
+CORE_SERVICES = ("db", "migrate", "app", "nginx")
+GUNICORN_COMMAND = ["gunicorn", "--config", "gunicorn.conf.py"]
+
+
+# --- helpers: Compose ------------------------------------------------------------------------
+
+
+def compose() -> dict[str, Any]:
+    data = YAML(typ="safe", pure=True).load(COMPOSE_FILE)
+    assert isinstance(data, dict), "docker-compose.yml is not a mapping"
+    return data
+
+
+def services() -> dict[str, dict[str, Any]]:
+    found = compose()["services"]
+    assert isinstance(found, dict)
+    return found
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """What Compose makes of `value` when the environment (and .env) hold `env`."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, operator, argument = match.group(1), match.group(2), match.group(3)
+        if operator in (":-", "-") and not env.get(name):
+            return str(argument)
+        assert name in env, f"{name} is not set and has no default"
+        return env[name]
+
+    return INTERPOLATION.sub(replace, value)
+
+
+def interpolated_names() -> set[str]:
+    """Every variable docker-compose.yml takes from the environment or .env."""
+    return {m.group(1) for m in INTERPOLATION.finditer(COMPOSE_FILE.read_text()) if m.group(1)}
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):
+        return {name: {"condition": "service_started"} for name in deps}
+    assert isinstance(deps, dict)
+    return deps
+
+
+def env_files(service: dict[str, Any]) -> list[str]:
+    files = service.get("env_file", [])
+    entries = [files] if isinstance(files, str) else files
+    return [entry if isinstance(entry, str) else entry["path"] for entry in entries]
+
+
+@dataclass(frozen=True)
+class Mount:
+    source: str
+    target: str
+    read_only: bool
+
+
+def mounts(service: dict[str, Any]) -> list[Mount]:
+    found = []
+    for volume in service.get("volumes", []):
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            found.append(Mount(source, target, "ro" in "".join(mode).split(",")))
+        else:
+            found.append(
+                Mount(volume["source"], volume["target"], bool(volume.get("read_only", False)))
+            )
+    return found
+
+
+def bind_source(mount: Mount) -> Path | None:
+    """The host path of a bind mount (None for a named volume)."""
+    if not mount.source.startswith((".", "/")):
+        return None
+    return (COMPOSE_FILE.parent / mount.source).resolve()
+
+
+@dataclass(frozen=True)
+class Published:
+    host_ip: str
+    host_port: str
+    container_port: int
+
+
+def published(service: dict[str, Any]) -> list[Published]:
+    found = []
+    for entry in service.get("ports", []):
+        assert isinstance(entry, str), f"use the short port syntax: {entry!r}"
+        match = PORT_MAPPING.match(entry)
+        assert match, f"port {entry!r} is not HOST_IP:HOST_PORT:CONTAINER_PORT"
+        found.append(Published(match["ip"], match["host"], int(match["container"])))
+    return found
+
+
+def networks(service: dict[str, Any]) -> set[str]:
+    return set(service.get("networks", ["default"]))
+
+
+def duration_seconds(value: str | int) -> float:
+    """A Compose duration ("35s", "1m30s") in seconds."""
+    if isinstance(value, int):
+        return float(value)
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, "us": 0.000001}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|us|m|s)", value)
+    assert parts, f"not a duration: {value!r}"
+    assert "".join(number + unit for number, unit in parts) == value, f"bad duration {value!r}"
+    return sum(float(number) * units[unit] for number, unit in parts)
+
+
+def nginx_render_script() -> str:
+    """The nginx service's start script, as its shell sees it (after Compose's interpolation)."""
+    command = services()["nginx"]["command"]
+    assert isinstance(command, list), "nginx: use an exec-form command"
+    assert command[:2] == ["/bin/sh", "-euc"], command
+    return interpolate(command[2], {})
+
+
+def envsubst_names(script: str) -> set[str]:
+    """The variables the script lets envsubst replace (its SHELL-FORMAT argument)."""
+    match = re.search(r"envsubst\s+'([^']*)'", script)
+    assert match, "nginx must call envsubst with an explicit variable list"
+    names = PLACEHOLDER.findall(match.group(1))
+    assert match.group(1).split() == [f"${{{name}}}" for name in names], match.group(1)
+    return set(names)
+
+
+# --- helpers: Dockerfile, native mode ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Instruction:
+    keyword: str
+    args: str
+
+
+def dockerfile() -> tuple[list[Instruction], list[list[Instruction]]]:
+    """The global instructions (before the first FROM) and each build stage's instructions."""
+    logical: list[str] = []
+    pending = ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    assert not pending, "Dockerfile ends inside a continued line"
+    preamble: list[Instruction] = []
+    stages: list[list[Instruction]] = []
+    for line in logical:
+        keyword, _, args = line.partition(" ")
+        instruction = Instruction(keyword.upper(), args.strip())
+        if instruction.keyword == "FROM":
+            stages.append([])
+        (stages[-1] if stages else preamble).append(instruction)
+    assert stages, "Dockerfile has no FROM"
+    return preamble, stages
+
+
+def stage_named(stages: list[list[Instruction]], name: str) -> list[Instruction]:
+    for stage in stages:
+        if re.search(rf"\bAS\s+{name}$", stage[0].args, re.IGNORECASE):
+            return stage
+    raise AssertionError(f"Dockerfile has no stage {name!r}")
+
+
+def base_images() -> list[str]:
+    """Each stage's base image with build ARG defaults filled in."""
+    preamble, stages = dockerfile()
+    args = {
+        name: default
+        for name, _, default in (i.args.partition("=") for i in preamble if i.keyword == "ARG")
+    }
+    images = []
+    for stage in stages:
+        image = stage[0].args.split()[0]
+        images.append(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image))
+    return images
+
+
+def env_of(stage: list[Instruction]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for instruction in stage:
+        if instruction.keyword == "ENV":
+            for word in shlex.split(instruction.args):
+                name, _, value = word.partition("=")
+                env[name] = value
+    return env
+
+
+def exec_form(instruction: Instruction) -> list[str]:
+    """The JSON array of a CMD/ENTRYPOINT/HEALTHCHECK CMD, or fail for the shell form."""
+    args = instruction.args
+    if instruction.keyword == "HEALTHCHECK":
+        args = args[args.index("CMD ") + len("CMD ") :]
+    parsed = json.loads(args)
+    assert isinstance(parsed, list), f"{instruction.keyword} is not in exec form"
+    return [str(part) for part in parsed]
+
+
+def copy_sources(stage: list[Instruction]) -> list[list[str]]:
+    """The build-context sources of each COPY in `stage` (COPY --from=... excluded)."""
+    found = []
+    for instruction in stage:
+        if instruction.keyword in ("COPY", "ADD"):
+            words = instruction.args.split()
+            if any(word.startswith("--from=") for word in words):
+                continue
+            found.append([word for word in words if not word.startswith("--")][:-1])
+    return found
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves `path` out of the build context (a parent's match counts)."""
+    parts = PurePosixPath(path.strip("/")).parts
+    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        glob = pattern.removeprefix("!").strip("/")
+        globs = [glob, glob.removeprefix("**/")] if glob.startswith("**/") else [glob]
+        if any(fnmatch(prefix, g) for prefix in prefixes for g in globs):
+            ignored = not negated
+    return ignored
+
+
+def environ_defaults(path: Path) -> dict[str, str | None]:
+    """Each `os.environ.get("NAME", "default")` in `path`: NAME -> default (None if not a str)."""
+    found: dict[str, str | None] = {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr == "get"
+            and ast.unparse(node.func.value) == "os.environ"
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+        ):
+            default = node.args[1] if len(node.args) > 1 else None
+            value = default.value if isinstance(default, ast.Constant) else None
+            found[str(node.args[0].value)] = value if isinstance(value, str) else None
+    return found
+
+
+def native_nginx_values() -> set[str]:
+    """The keys of the `values = {...}` dict that render_nginx fills nginx.conf from."""
+    for node in ast.walk(ast.parse(NATIVE_STACK.read_text())):
+        if isinstance(node, ast.FunctionDef) and node.name == "render_nginx":
+            for statement in ast.walk(node):
+                if (
+                    isinstance(statement, ast.Assign)
+                    and ast.unparse(statement.targets[0]) == "values"
+                    and isinstance(statement.value, ast.Dict)
+                ):
+                    return {
+                        key.value
+                        for key in statement.value.keys
+                        if isinstance(key, ast.Constant) and isinstance(key.value, str)
+                    }
+    raise AssertionError("deploy/native/stack.py: render_nginx has no `values = {...}`")
+
+
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, sep, value = line.partition("=")
+            assert sep, f".env.example: not NAME=value: {line!r}"
+            values[name.strip()] = value.strip()
+    return values
+
+
+def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=False)
+
+
+# --- linters and schema ------------------------------------------------------------------------
+
+
+def test_hadolint_passes() -> None:
+    result = run_tool(str(BIN / "hadolint"), "--no-color", "Dockerfile")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_compose_file_matches_the_compose_spec() -> None:
+    result = run_tool(
+        str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", COMPOSE_FILE.name
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# --- Dockerfile ---------------------------------------------------------------------------------
+
+
+def test_images_are_pinned_and_python_matches_the_project() -> None:
+    images = base_images()
+    for image in images:
+        assert re.fullmatch(r"[\w./-]+:[\w.-]+", image), f"unpinned base {image}"
+        assert not image.endswith(":latest"), f"unpinned base {image}"
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    minor = re.search(r">=\s*(3\.\d+)", requires)
+    assert minor, requires
+    assert images[-1].startswith(f"python:{minor.group(1)}-slim"), images[-1]
+    assert any(re.fullmatch(r"ghcr\.io/astral-sh/uv:\d+\.\d+\.\d+", image) for image in images)
+    for service in services().values():
+        if "image" in service and "build" not in service:
+            assert re.search(r":[\w.-]+$", service["image"]), service["image"]
+            assert not service["image"].endswith(":latest"), service["image"]
+
+
+def test_dependencies_are_a_layer_of_their_own() -> None:
+    _, stages = dockerfile()
+    build = stage_named(stages, "build")
+    sync = next(i for i in build if i.keyword == "RUN" and "uv sync" in i.args)
+    assert "--mount=type=cache" in sync.args
+    for flag in ("--frozen", "--no-dev", "--no-install-project"):
+        assert flag in sync.args.split(), f"uv sync without {flag}"
+    before = build[: build.index(sync)]
+    assert copy_sources(before) == [["pyproject.toml", "uv.lock"]]
+    # The code arrives only in the runtime stage, after the venv.
+    runtime = stages[-1]
+    venv = next(i for i in runtime if i.keyword == "COPY" and "--from=build" in i.args)
+    code = [i for i in runtime if i.keyword == "COPY" and "service/" in i.args]
+    assert code
+    assert runtime.index(code[0]) > runtime.index(venv)
+    copied = {PurePosixPath(s).as_posix().rstrip("/") for c in copy_sources(runtime) for s in c}
+    assert copied == {"service", "migrations", "alembic.ini", "gunicorn.conf.py"}
+
+
+def test_runtime_stage_runs_gunicorn_as_non_root_without_build_tools() -> None:
+    _, stages = dockerfile()
+    runtime = stages[-1]
+    text = "\n".join(f"{i.keyword} {i.args}" for i in runtime)
+    assert not re.search(r"--from=uv\b|\buv\s+(sync|pip|run)\b", text), "uv in the runtime stage"
+    assert not re.search(r"apt-get|apk add|gcc|build-essential|pip install", text)
+
+    users = [i.args for i in runtime if i.keyword == "USER"]
+    assert users, "the runtime stage must set USER"
+    assert users[-1].split(":")[0] not in ("root", "0"), users[-1]
+
+    env = env_of(runtime)
+    assert env["PATH"].split(":")[0] == "/app/.venv/bin"
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    assert env["PYTHONUNBUFFERED"] == "1"
+    assert env["GUNICORN_BIND"] == "0.0.0.0:8000"
+    run_dir = env["RUN_DIR"]
+    assert run_dir.startswith("/tmp/")  # noqa: S108 (the container's own, created below)
+    # RUN_DIR exists and belongs to the service's user before USER switches to it.
+    assert re.search(rf"install -d -o (\S+) .*{re.escape(run_dir)}\b", text)
+
+    healthchecks = [i for i in runtime if i.keyword == "HEALTHCHECK"]
+    assert len(healthchecks) == 1
+    probe = exec_form(healthchecks[0])
+    assert probe[0] == "python"
+    assert "urllib.request" in probe[-1]
+    assert "http://127.0.0.1:8000/healthz" in probe[-1]
+
+    commands = [i for i in runtime if i.keyword in ("CMD", "ENTRYPOINT")]
+    assert commands, "the runtime stage needs a CMD or ENTRYPOINT"
+    argv = [part for i in commands for part in exec_form(i)]
+    assert argv == GUNICORN_COMMAND, argv
+
+
+def test_build_context_holds_what_the_image_copies_and_no_secrets() -> None:
+    patterns = dockerignore_patterns()
+    for wanted_out in (
+        ".env",
+        ".venv",
+        ".run",
+        ".tools",
+        ".git",
+        ".pytest_cache",
+        ".mypy_cache",
+        ".ruff_cache",
+        "loadtest/results",
+        "service/__pycache__",
+    ):
+        assert dockerignored(wanted_out, patterns), f".dockerignore lets {wanted_out} in"
+    _, stages = dockerfile()
+    for stage in stages:
+        for sources in copy_sources(stage):
+            for source in sources:
+                assert (ROOT / source).exists(), f"COPY {source}: no such file"
+                assert not dockerignored(source, patterns), f"COPY {source} is .dockerignored"
+
+
+# --- Compose: services, order, exposure ---------------------------------------------------------
+
+
+def test_services_cover_the_native_components_plus_grafana() -> None:
+    # Native mode: PostgreSQL, migrations, gunicorn, nginx, Prometheus (stack.py's docstring).
+    assert set(services()) == {"db", "migrate", "app", "nginx", "prometheus", "grafana"}
+    assert "version" not in compose()
+
+
+def test_only_nginx_publishes_a_port_and_only_on_localhost() -> None:
+    found = services()
+    for name in CORE_SERVICES:
+        assert bool(found[name].get("ports")) == (name == "nginx"), f"{name} publishes ports"
+    for name, service in found.items():
+        for port in published(service):
+            assert port.host_ip == "127.0.0.1", f"{name} publishes on {port.host_ip}"
+    prometheus = published(found["prometheus"])
+    assert [p.container_port for p in prometheus] == [9090]
+    assert interpolate(prometheus[0].host_port, {}) == "9090"
+    grafana = published(found["grafana"])
+    assert [p.container_port for p in grafana] == [3000]
+    assert interpolate(grafana[0].host_port, {}) == "3000"
+
+
+def test_start_order_db_then_migrate_then_app_then_nginx() -> None:
+    found = services()
+    assert "pg_isready" in " ".join(found["db"]["healthcheck"]["test"])
+    assert depends_on(found["migrate"])["db"]["condition"] == "service_healthy"
+    assert depends_on(found["app"])["migrate"]["condition"] == "service_completed_successfully"
+    assert depends_on(found["nginx"])["app"]["condition"] == "service_healthy"
+    migrate = found["migrate"]
+    assert migrate["command"] == ["alembic", "upgrade", "head"]
+    assert migrate["image"] == found["app"]["image"]
+    assert migrate["build"] == found["app"]["build"]
+    assert migrate.get("restart") == "no"
+
+
+def test_app_outlives_gunicorns_graceful_timeout() -> None:
+    default = environ_defaults(GUNICORN_CONF)["GUNICORN_GRACEFUL_TIMEOUT"]
+    assert default is not None
+    configured = env_example().get("GUNICORN_GRACEFUL_TIMEOUT", default)
+    grace = duration_seconds(services()["app"]["stop_grace_period"])
+    assert grace > int(default), f"stop_grace_period {grace}s <= graceful_timeout {default}s"
+    assert grace > int(configured), ".env.example's GUNICORN_GRACEFUL_TIMEOUT outlasts the stop"
+
+
+def test_network_topology_is_nginx_app_db() -> None:
+    found = services()
+    declared = compose()["networks"]
+    internal = {name for name, net in declared.items() if (net or {}).get("internal")}
+    assert internal, "the app and database need an internal network"
+    for name in ("db", "migrate", "app"):
+        assert networks(found[name]) <= internal, f"{name} is on a network with a way out"
+    assert networks(found["nginx"]) & internal, "nginx cannot reach the app"
+    assert networks(found["nginx"]) - internal, "nginx cannot publish its port"
+    # Prometheus scrapes nginx's ops server, never the app or the database directly.
+    assert networks(found["prometheus"]) & networks(found["nginx"])
+    assert not networks(found["prometheus"]) & internal
+    assert "8081" in [str(port) for port in found["nginx"]["expose"]]
+
+
+def test_secrets_come_from_the_uncommitted_env_file() -> None:
+    found = services()
+    for name in ("db", "migrate", "app"):
+        assert env_files(found[name]) == [".env"], name
+    for name, service in found.items():
+        environment = service.get("environment", {})
+        assert isinstance(environment, dict), f"{name}: use the mapping form of environment"
+        for key, value in environment.items():
+            if re.search(r"PASSWORD|DATABASE_URL|SECRET", key):
+                assert re.fullmatch(r"\$\{\w+:\?[^}]+\}", str(value)), f"{name}: {key} inline"
+    gitignored = (ROOT / ".gitignore").read_text().split()
+    assert ".env" in gitignored
+
+
+def test_env_example_documents_every_variable_with_placeholders() -> None:
+    example = env_example()
+    assert interpolated_names() <= example.keys()
+    assert {name.upper() for name in Settings.model_fields} <= example.keys()
+    # Set by the image or the compose file for the container layout, not per deployment.
+    layout = {"GUNICORN_BIND", "RUN_DIR", "GUNICORN_PIDFILE", "FORWARDED_ALLOW_IPS"}
+    assert set(environ_defaults(GUNICORN_CONF)) - layout <= example.keys()
+    for secret in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+        assert example[secret] == "change-me"
+
+    url = urlsplit(example["DATABASE_URL"])
+    assert url.scheme == "postgresql+asyncpg"
+    assert (url.hostname, url.port) == ("db", 5432), "the database is the compose service db"
+    assert url.username == example["POSTGRES_USER"]
+    assert url.password == example["POSTGRES_PASSWORD"]
+    assert url.path == f"/{example['POSTGRES_DB']}"
+    settings = load_settings(**{name.lower(): value for name, value in example.items()})
+    assert settings.environment == "production"
+
+
+# --- Compose and native mode agree ------------------------------------------------------------
+
+
+def test_both_modes_fill_exactly_nginx_confs_placeholders() -> None:
+    template = set(PLACEHOLDER.findall(NGINX_CONF.read_text()))
+    nginx = services()["nginx"]
+    assert envsubst_names(nginx_render_script()) == template
+    assert set(nginx["environment"]) == template
+    assert native_nginx_values() == template
+
+
+def test_compose_renders_nginx_conf_completely_and_keeps_nginx_variables() -> None:
+    nginx = services()["nginx"]
+    env = {key: str(value) for key, value in nginx["environment"].items()}
+    listed = envsubst_names(nginx_render_script())
+    template = NGINX_CONF.read_text()
+    rendered = PLACEHOLDER.sub(
+        lambda m: env[m.group(1)] if m.group(1) in listed else m.group(0), template
+    )
+    assert not PLACEHOLDER.search(rendered)
+    nginx_variables = re.compile(r"\$[a-z_]+")
+    assert nginx_variables.findall(rendered) == nginx_variables.findall(template)
+    # The upstream is the app service on the port gunicorn binds in the image.
+    _, stages = dockerfile()
+    bind_port = env_of(stages[-1])["GUNICORN_BIND"].rpartition(":")[2]
+    assert env["APP_UPSTREAM"] == f"app:{bind_port}"
+    assert env["NGINX_ACCESS_LOG"] == "/dev/stdout"
+    assert env["NGINX_ERROR_LOG"] == "/dev/stderr"
+
+
+def test_both_modes_serve_public_8080_and_ops_8081() -> None:
+    native = environ_defaults(NATIVE_STACK)
+    assert (native["HTTP_PORT"], native["OPS_PORT"]) == ("8080", "8081")
+    nginx = services()["nginx"]
+    env = nginx["environment"]
+    assert (str(env["HTTP_PORT"]), str(env["OPS_PORT"])) == ("8080", "8081")
+    [public] = published(nginx)
+    assert public.container_port == int(env["HTTP_PORT"])
+    assert interpolate(public.host_port, {}) == native["HTTP_PORT"]
+    assert interpolate(public.host_port, {"HTTP_PORT": "18080"}) == "18080"
+    assert str(env["OPS_PORT"]) in [str(port) for port in nginx["expose"]]
+    healthcheck = " ".join(nginx["healthcheck"]["test"])
+    assert f"127.0.0.1:{env['HTTP_PORT']}/readyz" in healthcheck
+
+
+def test_compose_uses_the_repos_nginx_conf_and_gunicorn_conf() -> None:
+    found = services()
+    [conf] = [m for m in mounts(found["nginx"]) if bind_source(m) == NGINX_CONF]
+    assert conf.read_only
+    assert re.search(rf"<\s*{re.escape(conf.target)}\s", nginx_render_script())
+    app = found["app"]
+    assert (COMPOSE_FILE.parent / app["build"]["context"]).resolve() == ROOT
+    assert app["build"].get("dockerfile", "Dockerfile") == DOCKERFILE.name
+    assert "command" not in app, "app must run the image's gunicorn"
+    assert "entrypoint" not in app, "app must run the image's gunicorn"
+    assert "gunicorn.conf.py" in NATIVE_STACK.read_text()
+
+
+def test_monitoring_mounts_its_config_read_only() -> None:
+    found = services()
+    expected = {
+        "prometheus": {ROOT / "deploy" / "prometheus" / "prometheus.yml"},
+        "grafana": {
+            ROOT / "deploy" / "grafana" / "provisioning",
+            ROOT / "deploy" / "grafana" / "dashboards",
+        },
+    }
+    for name, sources in expected.items():
+        binds = {bind_source(m): m for m in mounts(found[name]) if bind_source(m)}
+        assert sources <= binds.keys(), f"{name} mounts {sorted(map(str, binds))}"
+        assert all(binds[source].read_only for source in sources), name

@@ -1,0 +1,261 @@
+"""The whole stack, end to end: nginx → gunicorn (several uvicorn workers) → PostgreSQL."""
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+
+from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port, fresh_database, migrate
+from tests.stack import Load, Stack, background_load, read_json_lines, running_stack
+
+pytestmark = pytest.mark.stack
+
+
+@pytest.fixture(scope="module")
+def stack(pg_server: URL) -> Iterator[Stack]:
+    """A stack with two workers on a migrated database of its own."""
+    with fresh_database(pg_server) as url:
+        assert migrate(url, "upgrade", "head").returncode == 0
+        with running_stack(url, workers=2) as running:
+            yield running
+
+
+async def test_mixed_load_has_no_errors_and_spreads_over_workers(stack: Stack) -> None:
+    result = await Load(stack.url, concurrency=100).run(total=2000)
+
+    assert len(result.outcomes) == 2000
+    assert result.failures() == []
+    assert {outcome for _, outcome in result.outcomes} <= {200, 201}
+    await asyncio.sleep(0.5)  # the last access lines
+    served = stack.access_pids(result.request_ids)
+    assert sum(served.values()) == 2000
+    assert len(served) >= 2, f"one worker served everything: {served}"
+
+
+async def test_a_killed_worker_is_replaced_and_reads_are_retried(stack: Stack) -> None:
+    before = stack.worker_pids()
+    async with background_load(stack.url, concurrency=30) as load:
+        os.kill(before[0], signal.SIGKILL)
+        await asyncio.sleep(3)
+    after = stack.worker_pids()
+
+    assert len(after) == len(before)
+    assert before[0] not in after
+    # nginx retried every idempotent request that hit the dead worker.
+    errors = (stack.run_dir / "logs" / "nginx-error.log").read_text()
+    assert load.result.failures({"GET"}) == [], errors
+    # Only writes in flight on that one worker may have failed.
+    assert len(load.result.failures()) <= 30
+    assert (await httpx.AsyncClient().get(f"{stack.url}/readyz")).status_code == 200
+
+
+async def test_reload_under_load_fails_no_request(stack: Stack) -> None:
+    old_master, old_workers = stack.master_pid(), stack.worker_pids()
+    async with background_load(stack.url) as load:
+        await stack.arun("reload")
+    assert load.result.outcomes, "no load ran"
+    assert load.result.failures() == []
+    assert stack.master_pid() != old_master
+    new_workers = stack.worker_pids()
+    assert len(new_workers) == len(old_workers)
+    assert not set(new_workers) & set(old_workers)
+
+
+async def test_scale_up_and_down_under_load_fails_no_request(stack: Stack) -> None:
+    async with background_load(stack.url) as load:
+        await stack.arun("scale", "3")
+        assert len(stack.worker_pids()) == 3
+        await stack.arun("scale", "1")
+        assert len(stack.worker_pids()) == 1
+        await stack.arun("scale", "2")
+    assert load.result.failures() == []
+    assert len(stack.worker_pids()) == 2
+
+
+async def test_scale_refuses_what_the_database_cannot_hold(stack: Stack) -> None:
+    before = stack.worker_pids()
+    result = await stack.arun("scale", "500", check=False)
+    assert result.returncode != 0
+    assert "connection budget exceeded" in result.stderr
+    assert "500 workers" in result.stderr
+    assert stack.worker_pids() == before
+
+
+async def test_request_id_is_echoed_when_valid_and_generated_otherwise(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        echoed = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+        replaced = await client.get("/healthz", headers={"X-Request-ID": "not valid!"})
+        too_long = await client.get("/healthz", headers={"X-Request-ID": "a" * 129})
+        generated = await client.get("/healthz")
+    assert echoed.headers["x-request-id"] == "abc-123"
+    for response in (replaced, too_long, generated):
+        assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    await asyncio.sleep(0.3)
+    app_line = next(line for line in stack.app_log() if line.get("request_id") == "abc-123")
+    assert app_line["route"] == "/healthz"
+    nginx_lines = read_json_lines(stack.run_dir / "logs" / "nginx-access.log")
+    assert any(line["request_id"] == "abc-123" for line in nginx_lines)
+
+
+async def test_the_app_sees_the_client_address_nginx_saw(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        await client.get(
+            "/healthz", headers={"X-Request-ID": "client-ip-check", "X-Forwarded-For": "6.6.6.6"}
+        )
+    await asyncio.sleep(0.3)
+    line = next(line for line in stack.app_log() if line.get("request_id") == "client-ip-check")
+    # A forged X-Forwarded-For is replaced by the address nginx saw.
+    assert line["client_ip"] == "127.0.0.1"
+
+
+async def test_metrics_are_not_public_and_large_bodies_are_refused(stack: Stack) -> None:
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        metrics = await client.get("/metrics")
+        large = await client.post(
+            "/api/v1/notes",
+            content=b'{"text": "' + b"x" * (1024 * 1024 + 1) + b'"}',
+            headers={"content-type": "application/json"},
+        )
+        stub = await client.get(f"{stack.ops_url}/stub_status")
+    assert metrics.status_code == 404
+    assert "x-request-id" in metrics.headers
+    assert large.status_code == 413
+    assert stub.status_code == 200
+    assert "Active connections" in stub.text
+
+
+def test_rendered_nginx_config_passes_nginx_t(stack: Stack) -> None:
+    conf = stack.run_dir / "nginx" / "nginx.conf"
+    result = subprocess.run(
+        ["nginx", "-t", "-p", str(conf.parent), "-c", str(conf)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "${" not in conf.read_text()
+
+
+def test_up_twice_is_harmless(stack: Stack) -> None:
+    master, workers = stack.master_pid(), stack.worker_pids()
+    result = stack.run("up")
+    assert "already running" in result.stdout
+    assert stack.master_pid() == master
+    assert stack.worker_pids() == workers
+
+
+def test_status_lists_the_workers(stack: Stack) -> None:
+    result = stack.run("status")
+    for pid in stack.worker_pids():
+        assert str(pid) in result.stdout
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+async def test_sigterm_lets_slow_requests_finish_and_disposes_every_engine(
+    pg_server: URL,
+) -> None:
+    with fresh_database(pg_server) as url:
+        assert migrate(url, "upgrade", "head").returncode == 0
+        with running_stack(url, workers=2) as stack:
+            async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+                created = await client.post("/api/v1/notes", json={"text": "slow"})
+                note_url = created.headers["location"]
+                workers = stack.worker_pids()
+                master = stack.master_pid()
+                blocker = await asyncpg.connect(asyncpg_dsn(url))
+                transaction = blocker.transaction()
+                await transaction.start()
+                # Every read of notes now waits on this lock: the requests are slow.
+                await blocker.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+                slow = [asyncio.create_task(client.get(note_url)) for _ in range(10)]
+                await asyncio.sleep(1)
+                os.kill(master, signal.SIGTERM)
+                await asyncio.sleep(2)
+                await transaction.rollback()
+                await blocker.close()
+                responses = await asyncio.gather(*slow)
+            for _ in range(100):
+                if not _alive(master):
+                    break
+                await asyncio.sleep(0.1)
+            log = stack.app_log()
+
+            assert [response.status_code for response in responses] == [200] * 10
+            assert not _alive(master)
+            disposed = {
+                line["pid"] for line in log if line.get("event") == "database_engine_disposed"
+            }
+            assert set(workers) <= disposed
+
+
+def test_down_leaves_no_process_and_no_port(pg_server: URL) -> None:
+    with fresh_database(pg_server) as url:
+        assert migrate(url, "upgrade", "head").returncode == 0
+        with running_stack(url, workers=2) as stack:
+            pids = [stack.master_pid(), *stack.worker_pids()]
+            nginx_pid = int((stack.run_dir / "nginx" / "nginx.pid").read_text())
+            stack.run("down")
+            assert not any(_alive(pid) for pid in [*pids, nginx_pid])
+            assert not _listening(stack.http_port)
+            assert not _listening(stack.ops_port)
+            assert stack.run("status", check=False).returncode != 0
+
+
+def test_gunicorn_refuses_to_start_past_the_connection_budget(tmp_path: Path) -> None:
+    """A server with max_connections=20 cannot hold 10 workers of 5 connections."""
+    # The cluster's owner (postgres) cannot enter pytest's private tmp dir.
+    workdir = Path(tempfile.mkdtemp(prefix="notes-small-pg-"))
+    workdir.chmod(0o755)
+    datadir = workdir / "small"
+    port = free_port()
+    env = {**os.environ, "PG_MAX_CONNECTIONS": "20"}
+    subprocess.run([PG_CLUSTER, "start", datadir, str(port)], env=env, check=True)
+    try:
+        run_dir = tmp_path / "run"
+        result = subprocess.run(
+            [Path(sys.executable).parent / "gunicorn", "--config", str(ROOT / "gunicorn.conf.py")],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DATABASE_URL": f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres",
+                "WEB_CONCURRENCY": "10",
+                "RUN_DIR": str(run_dir),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        subprocess.run([PG_CLUSTER, "stop", datadir], check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "connection budget exceeded" in output
+    assert "10 workers x 5 connections" in output
+    assert "max_connections" in output
+    assert "run at most 2 workers" in output

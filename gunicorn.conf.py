@@ -8,15 +8,19 @@ import os
 import sys
 from pathlib import Path
 
-from service.capacity import BudgetExceededError, check_budget, default_workers
-from service.config import ConfigurationError, load_settings
-from service.logging import logging_config_dict
-
 ROOT = Path(__file__).resolve().parent
 RUN_DIR = Path(os.environ.get("RUN_DIR", ROOT / ".run")).resolve()
 READY_DIR = RUN_DIR / "gunicorn" / "ready"
+# Every process of this master (it, and the workers it forks) writes metrics here; it must be
+# in the environment before prometheus_client is first imported.
+METRICS_DIR = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(RUN_DIR / "metrics")))
 # gunicorn writes its pid file before the first hook runs.
 RUN_DIR.mkdir(parents=True, exist_ok=True)
+
+from service import metrics_store  # noqa: E402
+from service.capacity import BudgetExceededError, check_budget, default_workers  # noqa: E402
+from service.config import ConfigurationError, load_settings  # noqa: E402
+from service.logging import logging_config_dict  # noqa: E402
 
 wsgi_app = "service.main:app"
 worker_class = "service.worker.Worker"
@@ -63,10 +67,14 @@ logconfig_dict = logging_config_dict(
 def on_starting(server):  # type: ignore[no-untyped-def]
     """Before any worker: make the runtime dirs, then refuse a pool set that cannot fit."""
     READY_DIR.mkdir(parents=True, exist_ok=True)
-    # A master started by USR2 (reload) runs beside the old one: leave the old state alone.
+    METRICS_DIR.mkdir(parents=True, exist_ok=True)
+    # A master started by USR2 (reload) runs beside the old one: its workers' metrics and
+    # markers stay; a fresh start begins from zero.
     if server.master_pid == 0:
         for marker in READY_DIR.iterdir():
             marker.unlink()
+        metrics_store.reset(METRICS_DIR)
+    _record_configured_workers(server.num_workers)
     try:
         settings = load_settings()
     except ConfigurationError as exc:
@@ -89,10 +97,23 @@ def post_fork(server, worker):  # type: ignore[no-untyped-def]
 
 
 def child_exit(server, worker):  # type: ignore[no-untyped-def]
-    """A worker is gone (any cause): it is no longer ready."""
+    """A worker is gone (any cause): not ready any more, its counts go to the archive."""
     (READY_DIR / str(worker.pid)).unlink(missing_ok=True)
+    metrics_store.archive_dead_worker(METRICS_DIR, worker.pid)
 
 
 def nworkers_changed(server, new_value, old_value):  # type: ignore[no-untyped-def]
     """Keep a live scale (TTIN/TTOU) across a reload: USR2 re-executes with this environment."""
     server.cfg.env_orig["WEB_CONCURRENCY"] = str(new_value)
+    _record_configured_workers(new_value)
+
+
+def on_exit(server):  # type: ignore[no-untyped-def]
+    """The master is leaving: its own gauge must not outlive it."""
+    metrics_store.archive_dead_worker(METRICS_DIR, os.getpid())
+
+
+def _record_configured_workers(count: int) -> None:
+    from service.metrics import WORKERS_CONFIGURED  # noqa: PLC0415 (after the env is set)
+
+    WORKERS_CONFIGURED.set(count)

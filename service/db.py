@@ -7,6 +7,7 @@ sharing one asyncpg socket corrupt each other's protocol state.
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from service.config import Settings
+from service.metrics import POOL_IDLE, POOL_IN_USE, POOL_MAX, POOL_TIMEOUTS, POOL_WAIT, POOL_WAITING
 
 
 @dataclass(slots=True)
@@ -42,15 +44,17 @@ class Database:
     pool_timeout: float
     _gate: asyncio.Semaphore = field(init=False)
     _multi_checkout: asyncio.Lock = field(init=False)
+    _in_use: int = field(init=False, default=0)
+    _waiting: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self._gate = asyncio.Semaphore(self.capacity)
         # Only one task at a time may gather several connections; otherwise two such tasks
         # could each hold one and wait forever for the other's.
         self._multi_checkout = asyncio.Lock()
+        POOL_MAX.set(self.capacity)
 
-    @asynccontextmanager
-    async def _checkout(self, count: int = 1) -> AsyncIterator[None]:
+    async def _acquire(self, count: int) -> int:
         acquired = 0
         try:
             async with asyncio.timeout(self.pool_timeout):
@@ -65,13 +69,38 @@ class Database:
         except TimeoutError:
             for _ in range(acquired):
                 self._gate.release()
+            POOL_TIMEOUTS.inc()
             msg = f"no database connection free within {self.pool_timeout:g}s"
             raise PoolTimeoutError(msg) from None
+        return acquired
+
+    @asynccontextmanager
+    async def _checkout(self, count: int = 1) -> AsyncIterator[None]:
+        started = time.perf_counter()
+        if self._gate.locked() or count > 1:
+            self._waiting += 1
+            POOL_WAITING.set(self._waiting)
+            try:
+                acquired = await self._acquire(count)
+            finally:
+                self._waiting -= 1
+                POOL_WAITING.set(self._waiting)
+        else:
+            acquired = await self._acquire(count)
+        POOL_WAIT.observe(time.perf_counter() - started)
+        self._in_use += acquired
+        POOL_IN_USE.set(self._in_use)
         try:
             yield
         finally:
             for _ in range(acquired):
                 self._gate.release()
+            self._in_use -= acquired
+            POOL_IN_USE.set(self._in_use)
+
+    def sample_pool(self) -> None:
+        """Record how many open connections sit idle in the pool."""
+        POOL_IDLE.set(self.engine.pool.checkedin())  # type: ignore[attr-defined]
 
     @asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:

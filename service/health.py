@@ -1,11 +1,10 @@
 """Liveness and readiness probes."""
 
+import ast
 import asyncio
 from pathlib import Path
 from typing import Annotated
 
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -13,15 +12,37 @@ from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 
 from service.db import DatabaseDep
 
-ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
+VERSIONS_DIR = Path(__file__).resolve().parent.parent / "migrations" / "versions"
 
 router = APIRouter(tags=["health"])
 
 
-def alembic_heads() -> frozenset[str]:
-    """The head revisions of the migrations shipped with this code (reads files only)."""
-    config = Config(str(ALEMBIC_INI))
-    return frozenset(ScriptDirectory.from_config(config).get_heads())
+def alembic_heads(versions_dir: Path = VERSIONS_DIR) -> frozenset[str]:
+    """The head revisions of the migrations shipped with this code.
+
+    Read from the revision files' `revision` and `down_revision` assignments rather than
+    through Alembic, whose import costs each worker 0.6 s of start time; a test checks that
+    the answer equals Alembic's own.
+    """
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in versions_dir.glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            target: ast.expr
+            if isinstance(node, ast.AnnAssign) and node.value is not None:
+                target, value = node.target, node.value
+            elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+                target, value = node.targets[0], node.value
+            else:
+                continue
+            if not isinstance(target, ast.Name):
+                continue
+            if target.id == "revision":
+                revisions.add(ast.literal_eval(value))
+            elif target.id == "down_revision":
+                parent = ast.literal_eval(value)
+                parents.update([parent] if isinstance(parent, str) else parent or ())
+    return frozenset(revisions - parents)
 
 
 async def get_schema_heads(request: Request) -> frozenset[str]:

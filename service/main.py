@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 
-from service import health
+from service import health, metrics
 from service.access_log import AccessLogMiddleware
 from service.config import Settings, get_settings
 from service.db import create_database
@@ -34,7 +34,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_overflow=settings.db_max_overflow,
         )
         try:
-            yield {"database": database, "settings": settings, "schema_heads": schema_heads}
+            async with metrics.worker_metrics(app.version, database.sample_pool):
+                yield {"database": database, "settings": settings, "schema_heads": schema_heads}
         finally:
             await database.dispose()
             logger.info("database_engine_disposed")
@@ -48,9 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(notes_router)
     register_error_handlers(app)
     app.add_middleware(ServerTimingMiddleware)
+    app.add_middleware(metrics.MetricsMiddleware, routes=app.router.routes)
     # Added last, so outermost: the access line covers the whole request.
     app.add_middleware(AccessLogMiddleware)
     return app

@@ -102,3 +102,15 @@ async def test_upgrade_waits_for_the_migration_lock(pg_server: URL) -> None:
             assert tables == 1
         finally:
             await holder.close()
+
+
+def test_readiness_knows_alembics_heads() -> None:
+    """/readyz reads the heads from the revision files itself; they must equal Alembic's."""
+    from alembic.config import Config  # noqa: PLC0415
+    from alembic.script import ScriptDirectory  # noqa: PLC0415
+
+    from service.health import alembic_heads  # noqa: PLC0415
+
+    script = ScriptDirectory.from_config(Config(str(ROOT / "alembic.ini")))
+    assert alembic_heads() == frozenset(script.get_heads())
+    assert alembic_heads()

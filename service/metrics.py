@@ -1,0 +1,193 @@
+"""Prometheus metrics: the definitions, the RED middleware, per-worker samples and /metrics.
+
+In a gunicorn deployment every worker writes to PROMETHEUS_MULTIPROC_DIR and any worker can
+answer a scrape with the sum over all of them (see service/metrics_store.py). Multiprocess
+mode drops the `process_*` collectors, so per-worker CPU and memory are sampled here.
+"""
+
+import asyncio
+import contextlib
+import os
+import platform
+import resource
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import generate_latest as generate_single_process
+from starlette.routing import BaseRoute, Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import metrics_store
+from service.access_log import UNMATCHED_ROUTE
+
+# Reads by id take about a millisecond: resolve well below it, and up to timeouts above.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+POOL_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+HTTP_REQUESTS = Counter(
+    "http_requests_total", "HTTP requests answered.", ["method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "Time from a request reaching the app to its response being sent.",
+    ["method", "route"],
+    buckets=LATENCY_BUCKETS,
+)
+HTTP_IN_PROGRESS = Gauge(
+    "http_requests_in_progress",
+    "HTTP requests being served now.",
+    ["method", "route"],
+    multiprocess_mode="livesum",
+)
+
+POOL_IN_USE = Gauge(
+    "db_pool_connections_in_use",
+    "Database connections a worker's requests hold now.",
+    multiprocess_mode="liveall",
+)
+POOL_IDLE = Gauge(
+    "db_pool_connections_idle",
+    "Open database connections idle in a worker's pool.",
+    multiprocess_mode="liveall",
+)
+POOL_MAX = Gauge(
+    "db_pool_connections_max",
+    "Connections a worker may hold (DB_POOL_SIZE + DB_MAX_OVERFLOW).",
+    multiprocess_mode="liveall",
+)
+POOL_WAITING = Gauge(
+    "db_pool_waiting_requests",
+    "Requests of a worker waiting for a database connection now.",
+    multiprocess_mode="liveall",
+)
+POOL_WAIT = Histogram(
+    "db_pool_wait_seconds",
+    "Time a request waited for a database connection.",
+    buckets=POOL_WAIT_BUCKETS,
+)
+POOL_TIMEOUTS = Counter(
+    "db_pool_timeouts_total", "Requests that got no database connection within DB_POOL_TIMEOUT."
+)
+
+WORKER_CPU = Gauge(
+    "worker_cpu_seconds",
+    "CPU time (user + system) a worker has used since it started; rate() gives its CPU use.",
+    multiprocess_mode="liveall",
+)
+WORKER_MEMORY = Gauge(
+    "worker_resident_memory_bytes", "A worker's resident memory.", multiprocess_mode="liveall"
+)
+WORKERS_LIVE = Gauge(
+    "app_workers_live", "Worker processes serving now.", multiprocess_mode="livesum"
+)
+WORKERS_CONFIGURED = Gauge(
+    "gunicorn_workers_configured",
+    "Worker processes gunicorn is configured to run.",
+    multiprocess_mode="livemax",
+)
+BUILD_INFO = Gauge(
+    "app_build_info",
+    "Always 1; the labels say what runs.",
+    ["version", "python_version"],
+    multiprocess_mode="livemax",
+)
+
+SAMPLE_INTERVAL_SECONDS = 2.0
+_PAGE_SIZE = resource.getpagesize()
+
+
+def resolve_route(routes: Sequence[BaseRoute], scope: Scope) -> str:
+    """The route template a request will be served by, before it is served."""
+    partial = None
+    for route in routes:
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return str(getattr(route, "path", UNMATCHED_ROUTE))
+        if match is Match.PARTIAL and partial is None:
+            partial = str(getattr(route, "path", UNMATCHED_ROUTE))
+    return partial or UNMATCHED_ROUTE
+
+
+class MetricsMiddleware:
+    """Counts, times and tracks in-flight requests by method and route template.
+
+    Paths that match no route share one label value, and unknown methods count as OTHER, so
+    no client can create new series.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
+        route = resolve_route(self.routes, scope)
+        in_progress = HTTP_IN_PROGRESS.labels(method, route)
+        in_progress.inc()
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            HTTP_DURATION.labels(method, route).observe(time.perf_counter() - started)
+            HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            in_progress.dec()
+
+
+def _sample_worker() -> None:
+    times = os.times()
+    WORKER_CPU.set(times.user + times.system)
+    with open("/proc/self/statm", "rb") as statm:
+        WORKER_MEMORY.set(int(statm.read().split()[1]) * _PAGE_SIZE)
+
+
+@contextlib.asynccontextmanager
+async def worker_metrics(version: str, sample_pool: Callable[[], None]) -> AsyncIterator[None]:
+    """For a worker's lifetime: count it as live and sample its CPU, memory and idle pool."""
+    WORKERS_LIVE.set(1)
+    BUILD_INFO.labels(version, platform.python_version()).set(1)
+
+    async def sample_forever() -> None:
+        while True:
+            _sample_worker()
+            sample_pool()
+            await asyncio.sleep(SAMPLE_INTERVAL_SECONDS)
+
+    sampler = asyncio.create_task(sample_forever())
+    try:
+        yield
+    finally:
+        sampler.cancel()
+        WORKERS_LIVE.set(0)
+
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/metrics")
+async def metrics() -> Response:
+    """Every worker's metrics summed (multiprocess), or this process's alone."""
+    directory = metrics_store.configured_multiprocess_dir()
+    if directory is None:
+        body = generate_single_process(REGISTRY)
+    else:
+        # Reading the files is blocking I/O: keep it off the event loop.
+        body = await asyncio.to_thread(metrics_store.render, directory)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -15,12 +15,27 @@ READY_DIR = RUN_DIR / "gunicorn" / "ready"
 # in the environment before prometheus_client is first imported.
 METRICS_DIR = Path(os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(RUN_DIR / "metrics")))
 # gunicorn writes its pid file before the first hook runs.
-RUN_DIR.mkdir(parents=True, exist_ok=True)
+METRICS_DIR.mkdir(parents=True, exist_ok=True)
+
+from prometheus_client import Gauge  # noqa: E402
 
 from service import metrics_store  # noqa: E402
 from service.capacity import BudgetExceededError, check_budget, default_workers  # noqa: E402
 from service.config import ConfigurationError, load_settings  # noqa: E402
 from service.logging import logging_config_dict  # noqa: E402
+
+# A fresh master starts counting from zero; one that USR2 started (GUNICORN_PID set) runs
+# beside the old master, whose workers' counts must survive the reload.
+if "GUNICORN_PID" not in os.environ:
+    metrics_store.reset(METRICS_DIR)
+
+# Written by the master only, so its value is the configured count whatever the workers do.
+WORKERS_CONFIGURED = Gauge(
+    "gunicorn_workers_configured",
+    "Worker processes gunicorn is configured to run.",
+    multiprocess_mode="livemax",
+    registry=None,
+)
 
 wsgi_app = "service.main:app"
 worker_class = "service.worker.Worker"
@@ -67,14 +82,10 @@ logconfig_dict = logging_config_dict(
 def on_starting(server):  # type: ignore[no-untyped-def]
     """Before any worker: make the runtime dirs, then refuse a pool set that cannot fit."""
     READY_DIR.mkdir(parents=True, exist_ok=True)
-    METRICS_DIR.mkdir(parents=True, exist_ok=True)
-    # A master started by USR2 (reload) runs beside the old one: its workers' metrics and
-    # markers stay; a fresh start begins from zero.
+    # A master started by USR2 (reload) runs beside the old one: leave its markers alone.
     if server.master_pid == 0:
         for marker in READY_DIR.iterdir():
             marker.unlink()
-        metrics_store.reset(METRICS_DIR)
-    _record_configured_workers(server.num_workers)
     try:
         settings = load_settings()
     except ConfigurationError as exc:
@@ -105,15 +116,9 @@ def child_exit(server, worker):  # type: ignore[no-untyped-def]
 def nworkers_changed(server, new_value, old_value):  # type: ignore[no-untyped-def]
     """Keep a live scale (TTIN/TTOU) across a reload: USR2 re-executes with this environment."""
     server.cfg.env_orig["WEB_CONCURRENCY"] = str(new_value)
-    _record_configured_workers(new_value)
+    WORKERS_CONFIGURED.set(new_value)
 
 
 def on_exit(server):  # type: ignore[no-untyped-def]
     """The master is leaving: its own gauge must not outlive it."""
     metrics_store.archive_dead_worker(METRICS_DIR, os.getpid())
-
-
-def _record_configured_workers(count: int) -> None:
-    from service.metrics import WORKERS_CONFIGURED  # noqa: PLC0415 (after the env is set)
-
-    WORKERS_CONFIGURED.set(count)

@@ -86,11 +86,6 @@ WORKER_MEMORY = Gauge(
 WORKERS_LIVE = Gauge(
     "app_workers_live", "Worker processes serving now.", multiprocess_mode="livesum"
 )
-WORKERS_CONFIGURED = Gauge(
-    "gunicorn_workers_configured",
-    "Worker processes gunicorn is configured to run.",
-    multiprocess_mode="livemax",
-)
 BUILD_INFO = Gauge(
     "app_build_info",
     "Always 1; the labels say what runs.",

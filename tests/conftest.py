@@ -9,6 +9,7 @@ from sqlalchemy.engine import URL
 
 from tests.apps import app_client
 from tests.postgres import fresh_database, migrate, postgres_server
+from tests.stack import Stack, running_stack
 
 # The load tests send thousands of requests; httpx would log a line for each.
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -35,3 +36,12 @@ async def client(database_url: URL) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client bound to the app, with the app's lifespan running."""
     async with app_client(database_url) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def stack(pg_server: URL) -> Iterator[Stack]:
+    """The real stack (nginx, gunicorn with two workers) on a migrated database of its own."""
+    with fresh_database(pg_server) as url:
+        assert migrate(url, "upgrade", "head").returncode == 0
+        with running_stack(url, workers=2) as running:
+            yield running

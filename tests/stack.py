@@ -104,7 +104,9 @@ def read_json_lines(path: Path) -> list[dict[str, object]]:
 
 
 @contextmanager
-def running_stack(database: URL, workers: int = 2) -> Iterator[Stack]:
+def running_stack(
+    database: URL, workers: int = 2, extra_env: dict[str, str] | None = None
+) -> Iterator[Stack]:
     """Start a stack on free ports in a fresh run dir; stop it and check nothing is left."""
     # Not under pytest's tmp dir: that is private to root, and nginx's workers (an
     # unprivileged user) must reach the gunicorn socket.
@@ -120,6 +122,7 @@ def running_stack(database: URL, workers: int = 2) -> Iterator[Stack]:
             "DATABASE_URL": database.render_as_string(hide_password=False),
             "WEB_CONCURRENCY": str(workers),
             "ENVIRONMENT": "test",
+            **(extra_env or {}),
         },
     )
     stack.env["HTTP_PORT"] = str(stack.http_port)

@@ -27,6 +27,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 NATIVE_STACK = ROOT / "deploy" / "native" / "stack.py"
 GUNICORN_CONF = ROOT / "gunicorn.conf.py"
 NGINX_CONF = ROOT / "nginx.conf"
+PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 
 PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
 # Compose interpolation: $$ is a literal $, ${NAME}, ${NAME:-default}, ${NAME:?error}, ...
@@ -34,6 +35,9 @@ INTERPOLATION = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*
 # The short port syntax this file uses: HOST_IP:HOST_PORT:CONTAINER_PORT.
 PORT_MAPPING = re.compile(r"^(?P<ip>[0-9.]+):(?P<host>[^:]+|\$\{[^}]+\}):(?P<container>\d+)$")
 CORE_SERVICES = ("db", "migrate", "app", "nginx")
+# nginx-prometheus-exporter's default --web.listen-address; native mode runs Debian's
+# prometheus-nginx-exporter on 127.0.0.1 at the same port.
+EXPORTER_PORT = 9113
 GUNICORN_COMMAND = ["gunicorn", "--config", "gunicorn.conf.py"]
 
 
@@ -433,14 +437,22 @@ def test_build_context_holds_what_the_image_copies_and_no_secrets() -> None:
 
 
 def test_services_cover_the_native_components_plus_grafana() -> None:
-    # Native mode: PostgreSQL, migrations, gunicorn, nginx, Prometheus (stack.py's docstring).
-    assert set(services()) == {"db", "migrate", "app", "nginx", "prometheus", "grafana"}
+    # Native mode: PostgreSQL, migrations, gunicorn, nginx, Prometheus and nginx's exporter.
+    assert set(services()) == {
+        "db",
+        "migrate",
+        "app",
+        "nginx",
+        "prometheus",
+        "nginx-exporter",
+        "grafana",
+    }
     assert "version" not in compose()
 
 
 def test_only_nginx_publishes_a_port_and_only_on_localhost() -> None:
     found = services()
-    for name in CORE_SERVICES:
+    for name in (*CORE_SERVICES, "nginx-exporter"):
         assert bool(found[name].get("ports")) == (name == "nginx"), f"{name} publishes ports"
     for name, service in found.items():
         for port in published(service):
@@ -484,9 +496,13 @@ def test_network_topology_is_nginx_app_db() -> None:
         assert networks(found[name]) <= internal, f"{name} is on a network with a way out"
     assert networks(found["nginx"]) & internal, "nginx cannot reach the app"
     assert networks(found["nginx"]) - internal, "nginx cannot publish its port"
-    # Prometheus scrapes nginx's ops server, never the app or the database directly.
+    # Prometheus scrapes nginx's ops server, never the app or the database directly; so does
+    # the exporter, which Prometheus scrapes in turn.
     assert networks(found["prometheus"]) & networks(found["nginx"])
     assert not networks(found["prometheus"]) & internal
+    assert networks(found["nginx-exporter"]) & networks(found["nginx"])
+    assert networks(found["nginx-exporter"]) & networks(found["prometheus"])
+    assert not networks(found["nginx-exporter"]) & internal
     assert "8081" in [str(port) for port in found["nginx"]["expose"]]
 
 
@@ -585,7 +601,8 @@ def test_compose_uses_the_repos_nginx_conf_and_gunicorn_conf() -> None:
 def test_monitoring_mounts_its_config_read_only() -> None:
     found = services()
     expected = {
-        "prometheus": {ROOT / "deploy" / "prometheus" / "prometheus.yml"},
+        # The whole directory: prometheus.yml names rules/ and targets/ relative to itself.
+        "prometheus": {PROMETHEUS_DIR},
         "grafana": {
             ROOT / "deploy" / "grafana" / "provisioning",
             ROOT / "deploy" / "grafana" / "dashboards",
@@ -595,3 +612,36 @@ def test_monitoring_mounts_its_config_read_only() -> None:
         binds = {bind_source(m): m for m in mounts(found[name]) if bind_source(m)}
         assert sources <= binds.keys(), f"{name} mounts {sorted(map(str, binds))}"
         assert all(binds[source].read_only for source in sources), name
+    [config] = [m for m in mounts(found["prometheus"]) if bind_source(m) == PROMETHEUS_DIR]
+    assert config.target == "/etc/prometheus"
+    assert f"--config.file={config.target}/prometheus.yml" in found["prometheus"]["command"]
+
+
+def test_prometheus_targets_are_compose_services_it_can_reach() -> None:
+    found = services()
+    nginx_env = found["nginx"]["environment"]
+    expected = {
+        "notes": f"nginx:{nginx_env['OPS_PORT']}",
+        "nginx": f"nginx-exporter:{EXPORTER_PORT}",
+    }
+    for job, target in expected.items():
+        groups = json.loads((PROMETHEUS_DIR / "targets" / f"{job}.json").read_text())
+        assert [t for group in groups for t in group["targets"]] == [target], job
+        host, _, port = target.partition(":")
+        assert networks(found[host]) & networks(found["prometheus"]), f"{job}: {host} unreachable"
+        assert port in [str(p) for p in found[host]["expose"]], f"{host} does not expose {port}"
+
+
+def test_nginx_exporter_reads_the_ops_servers_stub_status() -> None:
+    exporter = services()["nginx-exporter"]
+    assert re.fullmatch(r"nginx/nginx-prometheus-exporter:\d+\.\d+\.\d+", exporter["image"])
+    command = exporter["command"]
+    assert isinstance(command, list), "nginx-exporter: use an exec-form command"
+    ops_port = services()["nginx"]["environment"]["OPS_PORT"]
+    assert command == [f"--nginx.scrape-uri=http://nginx:{ops_port}/stub_status"]
+    assert depends_on(exporter)["nginx"]["condition"] == "service_started"
+    assert exporter.get("restart") == "unless-stopped"
+    # The ops server (not the public one) serves stub_status.
+    servers = re.split(r"\n\s*server\s*\{", NGINX_CONF.read_text())
+    [ops] = [server for server in servers if re.search(r"listen\s+\S*:\$\{OPS_PORT\};", server)]
+    assert re.search(r"location\s*=\s*/stub_status\s*\{\s*stub_status;", ops)

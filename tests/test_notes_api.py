@@ -338,3 +338,26 @@ async def test_readyz_when_migrated(client: httpx.AsyncClient) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200
     assert response.json() == {"status": "ready"}
+
+
+def test_metrics_label_every_route_by_its_template() -> None:
+    from starlette.routing import Route  # noqa: PLC0415
+
+    from service.main import create_app, route_table  # noqa: PLC0415
+    from service.metrics import resolve_route  # noqa: PLC0415
+
+    table = route_table(create_app())
+    cases = {
+        ("GET", "/api/v1/notes/stats"): "/api/v1/notes/stats",
+        ("GET", "/api/v1/notes/42"): "/api/v1/notes/{note_id}",
+        ("DELETE", "/api/v1/notes/42"): "/api/v1/notes/{note_id}",
+        ("POST", "/api/v1/notes"): "/api/v1/notes",
+        ("GET", "/readyz"): "/readyz",
+        ("GET", "/metrics"): "/metrics",
+        ("GET", "/docs"): "/docs",
+        ("GET", "/wp-login.php"): "<unmatched>",
+    }
+    for (method, path), template in cases.items():
+        scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+        assert resolve_route(table, scope) == template, (method, path)
+    assert all(isinstance(route, Route) for route in table)

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
@@ -21,15 +20,6 @@ from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port, fresh_datab
 from tests.stack import Load, Stack, background_load, read_json_lines, running_stack
 
 pytestmark = pytest.mark.stack
-
-
-@pytest.fixture(scope="module")
-def stack(pg_server: URL) -> Iterator[Stack]:
-    """A stack with two workers on a migrated database of its own."""
-    with fresh_database(pg_server) as url:
-        assert migrate(url, "upgrade", "head").returncode == 0
-        with running_stack(url, workers=2) as running:
-            yield running
 
 
 async def test_mixed_load_has_no_errors_and_spreads_over_workers(stack: Stack) -> None:

@@ -1,0 +1,261 @@
+"""Metrics that add up across worker processes, and one JSON log stream, on the real stack."""
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import URL
+
+from tests.postgres import fresh_database, migrate
+from tests.stack import Stack, read_json_lines, running_stack
+
+pytestmark = pytest.mark.stack
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+NOTE_ROUTE = "/api/v1/notes/{note_id}"
+
+
+def parse(text: str) -> Samples:
+    """Every sample of an exposition, keyed by name and labels."""
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+async def scrape(client: httpx.AsyncClient, stack: Stack) -> tuple[Samples, str]:
+    """One scrape through nginx's ops server; also returns the request id it was sent with."""
+    request_id = f"scrape-{uuid.uuid4().hex}"
+    response = await client.get(f"{stack.ops_url}/metrics", headers={"X-Request-ID": request_id})
+    assert response.status_code == 200
+    return parse(response.text), request_id
+
+
+async def send(client: httpx.AsyncClient, stack: Stack, note_url: str, reads: int) -> None:
+    """`reads` GETs of one note and `reads // 4` GETs of a missing one, 20 at a time."""
+    gate = asyncio.Semaphore(20)
+
+    async def one(url: str, expected: int) -> None:
+        async with gate:
+            assert (await client.get(f"{stack.url}{url}")).status_code == expected
+
+    await asyncio.gather(
+        *(one(note_url, 200) for _ in range(reads)),
+        *(one("/api/v1/notes/999999999", 404) for _ in range(reads // 4)),
+    )
+
+
+async def test_request_counts_are_exact_whichever_worker_answers(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        created = await client.post(f"{stack.url}/api/v1/notes", json={"text": "counted"})
+        before, _ = await scrape(client, stack)
+        await send(client, stack, created.headers["location"], reads=400)
+
+        scrapes = await asyncio.gather(*(scrape(client, stack) for _ in range(12)))
+
+    for after, _ in scrapes:
+        ok = value(after, "http_requests_total", route=NOTE_ROUTE, method="GET", status="200")
+        missing = value(after, "http_requests_total", route=NOTE_ROUTE, status="404")
+        observed = value(after, "http_request_duration_seconds_count", route=NOTE_ROUTE)
+        ok_before = value(before, "http_requests_total", route=NOTE_ROUTE, status="200")
+        missing_before = value(before, "http_requests_total", route=NOTE_ROUTE, status="404")
+        observed_before = value(before, "http_request_duration_seconds_count", route=NOTE_ROUTE)
+        assert ok - ok_before == 400
+        assert missing - missing_before == 100
+        assert observed - observed_before == 500
+    await asyncio.sleep(0.3)
+    scrape_ids = {request_id for _, request_id in scrapes}
+    assert len(stack.access_pids(scrape_ids)) >= 2, "every scrape landed on one worker"
+
+
+async def test_counts_stay_exact_after_a_worker_is_killed(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        created = await client.post(f"{stack.url}/api/v1/notes", json={"text": "survivor"})
+        before, _ = await scrape(client, stack)
+        await send(client, stack, created.headers["location"], reads=200)
+        victim = stack.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        for _ in range(100):
+            pids = stack.worker_pids()
+            if victim not in pids and len(pids) == 2:
+                break
+            await asyncio.sleep(0.1)
+        await send(client, stack, created.headers["location"], reads=200)
+        after, _ = await scrape(client, stack)
+
+    ok = "http_requests_total"
+    assert (
+        value(after, ok, route=NOTE_ROUTE, status="200")
+        - value(before, ok, route=NOTE_ROUTE, status="200")
+        == 400
+    )
+    assert (
+        value(after, ok, route=NOTE_ROUTE, status="404")
+        - value(before, ok, route=NOTE_ROUTE, status="404")
+        == 100
+    )
+    # The dead worker's per-process series are gone; the replacement has its own.
+    live_pids = {str(pid) for pid in stack.worker_pids()}
+    cpu_pids = {dict(labels)["pid"] for (name, labels) in after if name == "worker_cpu_seconds"}
+    assert str(victim) not in cpu_pids
+    assert cpu_pids <= live_pids
+
+
+async def test_in_progress_returns_to_zero_and_live_workers_follow_scale(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        created = await client.post(f"{stack.url}/api/v1/notes", json={"text": "in progress"})
+        await send(client, stack, created.headers["location"], reads=100)
+        samples, _ = await scrape(client, stack)
+        busy = {
+            dict(labels)["route"]: v
+            for (name, labels), v in samples.items()
+            if name == "http_requests_in_progress" and v
+        }
+        # Only the scrape itself is in flight.
+        assert busy == {"/metrics": 1.0}
+
+        await stack.arun("scale", "3")
+        await asyncio.sleep(2.5)  # one sampling period
+        samples, _ = await scrape(client, stack)
+        assert value(samples, "app_workers_live") == 3
+        assert value(samples, "gunicorn_workers_configured") == 3
+        assert len({dict(ls)["pid"] for (n, ls) in samples if n == "worker_cpu_seconds"}) == 3
+
+        await stack.arun("scale", "2")
+        samples, _ = await scrape(client, stack)
+        assert value(samples, "app_workers_live") == 2
+        assert value(samples, "gunicorn_workers_configured") == 2
+
+
+async def test_pool_and_worker_metrics_are_exposed(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        await client.get(f"{stack.url}/api/v1/notes/stats")
+        await asyncio.sleep(2.5)
+        samples, _ = await scrape(client, stack)
+    names = {name for name, _ in samples}
+    for name in (
+        "db_pool_connections_in_use",
+        "db_pool_connections_idle",
+        "db_pool_connections_max",
+        "db_pool_waiting_requests",
+        "db_pool_wait_seconds_count",
+        "db_pool_timeouts_total",
+        "worker_cpu_seconds",
+        "worker_resident_memory_bytes",
+        "app_workers_live",
+        "gunicorn_workers_configured",
+        "app_build_info",
+    ):
+        assert name in names, name
+    assert value(samples, "db_pool_connections_max") == 5 * len(stack.worker_pids())
+    assert value(samples, "db_pool_wait_seconds_count") > 0
+    assert all(
+        v > 1_000_000 for (n, _), v in samples.items() if n == "worker_resident_memory_bytes"
+    )
+
+
+async def test_unmatched_paths_share_one_route_label(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        for index in range(20):
+            await client.get(f"{stack.url}/scan/{index}/wp-login.php")
+        samples, _ = await scrape(client, stack)
+    routes = {dict(labels).get("route") for (name, labels) in samples if name.startswith("http_")}
+    assert "<unmatched>" in routes
+    assert not any(route and "scan" in route for route in routes)
+    assert value(samples, "http_requests_total", route="<unmatched>", status="404") >= 20
+
+
+REQUIRED = {"timestamp", "level", "event", "logger", "pid"}
+ACCESS = {"request_id", "method", "path", "route", "status", "duration_ms", "client_ip"}
+
+
+async def test_every_app_log_line_is_json_with_the_required_fields(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        await client.get(f"{stack.url}/api/v1/notes/1", headers={"X-Request-ID": "abc-123"})
+        await client.get(f"{stack.url}/does/not/exist")
+    await asyncio.sleep(0.3)
+    lines = stack.app_log()
+    assert len(lines) > 50
+    for line in lines:
+        missing = REQUIRED - line.keys()
+        assert not missing, f"{missing} missing in {line}"
+    loggers = {line["logger"] for line in lines}
+    assert {"gunicorn.error", "uvicorn.error", "service.access", "service.main"} <= loggers
+    access = [line for line in lines if line["event"] == "request"]
+    assert access
+    for line in access:
+        assert line.keys() >= ACCESS, line
+    ours = next(line for line in access if line["request_id"] == "abc-123")
+    assert ours["route"] == NOTE_ROUTE
+    assert ours["path"] == "/api/v1/notes/1"
+    nginx = read_json_lines(stack.run_dir / "logs" / "nginx-access.log")
+    assert any(line["request_id"] == "abc-123" for line in nginx)
+
+
+def _served_by(stack: Stack) -> set[object]:
+    return {line["pid"] for line in stack.app_log() if line.get("event") == "request"}
+
+
+def _metric_files(directory: Path) -> list[str]:
+    return sorted(path.name for path in directory.iterdir() if path.suffix == ".db")
+
+
+@pytest.fixture(scope="module")
+def recycling_stack(pg_server: URL) -> Iterator[Stack]:
+    """A stack whose workers are recycled every 10 requests."""
+    with fresh_database(pg_server) as url:
+        assert migrate(url, "upgrade", "head").returncode == 0
+        extra = {"GUNICORN_MAX_REQUESTS": "10", "GUNICORN_MAX_REQUESTS_JITTER": "0"}
+        with running_stack(url, workers=2, extra_env=extra) as running:
+            yield running
+
+
+async def test_files_and_scrape_time_stay_bounded_across_worker_recycling(
+    recycling_stack: Stack,
+) -> None:
+    stack = recycling_stack
+    metrics_dir = stack.run_dir / "metrics"
+    async with httpx.AsyncClient(timeout=30) as client:
+        first, _ = await scrape(client, stack)
+        started = time.perf_counter()
+        await scrape(client, stack)
+        scrape_before = time.perf_counter() - started
+        # Each worker leaves after 10 requests; a replacement takes about a second to start.
+        rounds, per_round, deadline = 0, 40, time.monotonic() + 120
+        while len(_served_by(stack)) < 25 and time.monotonic() < deadline:
+            responses = await asyncio.gather(
+                *(client.get(f"{stack.url}/healthz") for _ in range(per_round))
+            )
+            assert all(response.status_code == 200 for response in responses)
+            rounds += 1
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(1)
+        started = time.perf_counter()
+        last, _ = await scrape(client, stack)
+        scrape_after = time.perf_counter() - started
+    recycled = _served_by(stack)
+    files = _metric_files(metrics_dir)
+
+    assert len(recycled) >= 25, f"only {len(recycled)} worker processes served"
+    # Per live worker: counters, histograms and three live-gauge files; the master's gauge;
+    # the two archives. Never one per dead worker.
+    assert len(files) <= 5 * 3 + 1 + 2, files
+    healthz = value(last, "http_requests_total", route="/healthz") - value(
+        first, "http_requests_total", route="/healthz"
+    )
+    assert healthz == rounds * per_round
+    assert scrape_after < max(0.5, 10 * scrape_before), (scrape_before, scrape_after)

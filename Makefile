@@ -22,7 +22,7 @@ install: $(UV) ## Install the locked Python dependencies into .venv (uv itself t
 
 .PHONY: deps
 deps: ## Install the Debian packages the stack and its tests need, when missing
-	deploy/native/install-deps postgres nginx
+	deploy/native/install-deps postgres nginx prometheus
 
 .PHONY: test
 test: install deps ## Run the whole test suite against a real PostgreSQL

@@ -30,6 +30,7 @@ class Stack:
     run_dir: Path
     http_port: int
     ops_port: int
+    prometheus_port: int
     env: dict[str, str]
 
     @property
@@ -39,6 +40,10 @@ class Stack:
     @property
     def ops_url(self) -> str:
         return f"http://127.0.0.1:{self.ops_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a stack.py command against this stack."""
@@ -116,6 +121,7 @@ def running_stack(
         run_dir=run_dir,
         http_port=free_port(),
         ops_port=free_port(),
+        prometheus_port=free_port(),
         env={
             **os.environ,
             "RUN_DIR": str(run_dir),
@@ -127,6 +133,8 @@ def running_stack(
     )
     stack.env["HTTP_PORT"] = str(stack.http_port)
     stack.env["OPS_PORT"] = str(stack.ops_port)
+    stack.env["PROMETHEUS_PORT"] = str(stack.prometheus_port)
+    stack.env["NGINX_EXPORTER_PORT"] = str(free_port())
     try:
         stack.run("up")
         yield stack

@@ -259,3 +259,39 @@ async def test_files_and_scrape_time_stay_bounded_across_worker_recycling(
     )
     assert healthz == rounds * per_round
     assert scrape_after < max(0.5, 10 * scrape_before), (scrape_before, scrape_after)
+
+
+async def promql(client: httpx.AsyncClient, stack: Stack, query: str) -> list[dict[str, object]]:
+    """The result vector of an instant query against the stack's Prometheus."""
+    response = await client.get(f"{stack.prometheus_url}/api/v1/query", params={"query": query})
+    assert response.status_code == 200, response.text
+    result: list[dict[str, object]] = response.json()["data"]["result"]
+    return result
+
+
+async def test_prometheus_scrapes_the_stack(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        created = await client.post(f"{stack.url}/api/v1/notes", json={"text": "scraped"})
+        deadline = time.monotonic() + 40
+        rates: list[dict[str, object]] = []
+        up: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            await send(client, stack, created.headers["location"], reads=40)
+            up = await promql(client, stack, 'up{job="notes"}')
+            rates = await promql(client, stack, "sum by (route) (rate(http_requests_total[1m]))")
+            if up and rates and any(r["metric"] == {"route": NOTE_ROUTE} for r in rates):
+                break
+            await asyncio.sleep(1)
+        exporter = await promql(client, stack, 'up{job="nginx"}')
+        rules = (await client.get(f"{stack.prometheus_url}/api/v1/rules")).json()
+
+    assert [sample["value"][1] for sample in up] == ["1"]  # type: ignore[index]
+    assert {"route": NOTE_ROUTE} in [sample["metric"] for sample in rates]
+    assert [sample["value"][1] for sample in exporter] == ["1"]  # type: ignore[index]
+    unhealthy = [
+        rule["name"]
+        for group in rules["data"]["groups"]
+        for rule in group["rules"]
+        if rule["health"] != "ok" and rule.get("lastEvaluation")
+    ]
+    assert unhealthy == []

@@ -173,11 +173,10 @@ def test_config_scrapes_the_app_via_nginx_the_exporter_and_itself() -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert set(jobs) == {"notes", "nginx", "prometheus"}
     assert jobs["notes"].get("metrics_path", "/metrics") == "/metrics"
-    for name in ("notes", "nginx"):
+    for name in ("notes", "nginx", "prometheus"):
         [sd] = jobs[name]["file_sd_configs"]
         assert sd["files"] == [f"targets/{name}.json"], name
         assert "static_configs" not in jobs[name], name
-    assert jobs["prometheus"]["static_configs"] == [{"targets": ["localhost:9090"]}]
 
 
 @pytest.mark.parametrize(
@@ -185,6 +184,7 @@ def test_config_scrapes_the_app_via_nginx_the_exporter_and_itself() -> None:
     [
         ("notes", ["nginx:8081"], {"service": "notes"}),
         ("nginx", ["nginx-exporter:9113"], {}),
+        ("prometheus", ["localhost:9090"], {}),
     ],
 )
 def test_committed_targets_are_file_sd_json(

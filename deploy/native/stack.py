@@ -56,6 +56,8 @@ class Layout:
     http_port: int
     ops_port: int
     postgres_port: int
+    prometheus_port: int
+    exporter_port: int
 
     @classmethod
     def from_env(cls) -> "Layout":
@@ -65,6 +67,8 @@ class Layout:
             http_port=int(os.environ.get("HTTP_PORT", "8080")),
             ops_port=int(os.environ.get("OPS_PORT", "8081")),
             postgres_port=int(os.environ.get("POSTGRES_PORT", "55432")),
+            prometheus_port=int(os.environ.get("PROMETHEUS_PORT", "9090")),
+            exporter_port=int(os.environ.get("NGINX_EXPORTER_PORT", "9113")),
         )
 
     @property
@@ -94,6 +98,14 @@ class Layout:
     @property
     def nginx_conf(self) -> Path:
         return self.nginx_dir / "nginx.conf"
+
+    @property
+    def prometheus_dir(self) -> Path:
+        return self.run_dir / "prometheus"
+
+    @property
+    def prometheus_url(self) -> str:
+        return f"http://127.0.0.1:{self.prometheus_port}"
 
     @property
     def public_url(self) -> str:
@@ -363,6 +375,85 @@ def nginx_pid(layout: Layout) -> int | None:
     return read_pid(layout.nginx_dir / "nginx.pid")
 
 
+# --- Prometheus and the nginx exporter -----------------------------------------------------
+
+PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus"
+
+
+def start_daemon(layout: Layout, name: str, argv: list[str]) -> int:
+    """Start a long-running program in its own session, with a pid file and a log file."""
+    log_file = (layout.logs / f"{name}.log").open("ab")
+    process = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    log_file.close()
+    (layout.run_dir / f"{name}.pid").write_text(str(process.pid))
+    return process.pid
+
+
+def start_exporter(layout: Layout) -> None:
+    """nginx's stub_status as Prometheus metrics (Debian's prometheus-nginx-exporter)."""
+    if read_pid(layout.run_dir / "nginx-exporter.pid"):
+        log("nginx exporter: already running")
+        return
+    binary = shutil.which("prometheus-nginx-exporter") or "/usr/bin/prometheus-nginx-exporter"
+    pid = start_daemon(
+        layout,
+        "nginx-exporter",
+        [
+            binary,
+            f"-nginx.scrape-uri=http://127.0.0.1:{layout.ops_port}/stub_status",
+            f"-web.listen-address=127.0.0.1:{layout.exporter_port}",
+        ],
+    )
+    wait_for("the nginx exporter", lambda: port_open(layout.exporter_port), 15)
+    log(f"nginx exporter: pid {pid}")
+
+
+def start_prometheus(layout: Layout) -> None:
+    """Prometheus with the repo's config and rules, scraping this stack's ports."""
+    if read_pid(layout.run_dir / "prometheus.pid"):
+        log("prometheus: already running")
+        return
+    directory = layout.prometheus_dir
+    (directory / "targets").mkdir(parents=True, exist_ok=True)
+    # The same config and rules as compose (symlinks), with targets on this stack's ports.
+    for name in ("prometheus.yml", "rules"):
+        link = directory / name
+        link.unlink(missing_ok=True)
+        link.symlink_to(PROMETHEUS_CONFIG / name)
+    targets = {
+        "notes": ([f"127.0.0.1:{layout.ops_port}"], {"service": "notes"}),
+        "nginx": ([f"127.0.0.1:{layout.exporter_port}"], {}),
+        "prometheus": ([f"127.0.0.1:{layout.prometheus_port}"], {}),
+    }
+    for job, (addresses, labels) in targets.items():
+        group = [{"targets": addresses, "labels": labels}]
+        (directory / "targets" / f"{job}.json").write_text(json.dumps(group))
+    binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+    pid = start_daemon(
+        layout,
+        "prometheus",
+        [
+            binary,
+            f"--config.file={directory / 'prometheus.yml'}",
+            f"--storage.tsdb.path={directory / 'data'}",
+            f"--web.listen-address=127.0.0.1:{layout.prometheus_port}",
+        ],
+    )
+    wait_for(
+        "Prometheus to be ready",
+        lambda: http_status(f"{layout.prometheus_url}/-/ready") == 200,
+        60,
+        interval=0.25,
+    )
+    log(f"prometheus: pid {pid}")
+
+
 # --- commands ------------------------------------------------------------------------------
 
 
@@ -370,7 +461,7 @@ def up(layout: Layout) -> None:
     """Start whatever is not running; return once /readyz answers 200 through nginx."""
     for directory in (layout.logs, layout.nginx_dir, layout.ready_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    subprocess.run([HERE / "install-deps", "nginx"], check=True)
+    subprocess.run([HERE / "install-deps", "nginx", "prometheus"], check=True)
 
     state = load_state(layout) if read_pid(layout.gunicorn_pidfile) else {}
     if not state:
@@ -406,6 +497,9 @@ def up(layout: Layout) -> None:
         wait_for("nginx's pid file", lambda: nginx_pid(layout) is not None, 10)
         log(f"nginx: pid {nginx_pid(layout)}")
 
+    start_exporter(layout)
+    start_prometheus(layout)
+
     wait_for(
         f"{layout.public_url}/readyz to answer 200",
         lambda: http_status(f"{layout.public_url}/readyz") == 200,
@@ -413,15 +507,23 @@ def up(layout: Layout) -> None:
         interval=0.25,
     )
     log("ready")
-    print(f"  API      {layout.public_url}/api/v1/notes")
-    print(f"  docs     {layout.public_url}/docs")
-    print(f"  metrics  {layout.ops_url}/metrics")
-    print(f"  nginx    {layout.ops_url}/stub_status")
-    print(f"  logs     {layout.logs}/")
+    print(f"  API         {layout.public_url}/api/v1/notes")
+    print(f"  docs        {layout.public_url}/docs")
+    print(f"  metrics     {layout.ops_url}/metrics")
+    print(f"  nginx       {layout.ops_url}/stub_status")
+    print(f"  prometheus  {layout.prometheus_url}")
+    print(f"  logs        {layout.logs}/")
 
 
 def down(layout: Layout) -> None:
     """Stop nginx, gunicorn and the private cluster, gracefully; check every port is free."""
+    for name in ("prometheus", "nginx-exporter"):
+        pidfile = layout.run_dir / f"{name}.pid"
+        pid = read_pid(pidfile)
+        if pid:
+            stop_process(name, pid, signal.SIGTERM, 30)
+            log(f"{name}: stopped")
+        pidfile.unlink(missing_ok=True)
     pid = nginx_pid(layout)
     if pid:
         nginx(layout, "-s", "quit", capture=True)
@@ -441,7 +543,8 @@ def down(layout: Layout) -> None:
         subprocess.run([HERE / "pg-cluster", "stop", layout.postgres_dir], check=True)
         log("postgres: stopped")
     layout.state_file.unlink(missing_ok=True)
-    busy = [port for port in (layout.http_port, layout.ops_port) if port_open(port)]
+    ports = (layout.http_port, layout.ops_port, layout.prometheus_port, layout.exporter_port)
+    busy = [port for port in ports if port_open(port)]
     if busy:
         fail(f"ports still answering after down: {busy}")
     log("down")
@@ -462,6 +565,9 @@ def status(layout: Layout) -> None:
     else:
         print("gunicorn  stopped")
     print(f"nginx     {'pid ' + str(pid) if pid else 'stopped'}")
+    for name in ("nginx-exporter", "prometheus"):
+        daemon = read_pid(layout.run_dir / f"{name}.pid")
+        print(f"{name:<15} {'pid ' + str(daemon) if daemon else 'stopped'}")
     ready_status = http_status(f"{layout.public_url}/readyz")
     print(f"readyz    {ready_status or 'no answer'} ({layout.public_url}/readyz)")
     if not (master and pid and ready_status == 200):

@@ -24,7 +24,15 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from service.config import Settings
-from service.metrics import POOL_IDLE, POOL_IN_USE, POOL_MAX, POOL_TIMEOUTS, POOL_WAIT, POOL_WAITING
+from service.metrics import (
+    POOL_IDLE,
+    POOL_IN_USE,
+    POOL_MAX,
+    POOL_OVERFLOW,
+    POOL_TIMEOUTS,
+    POOL_WAIT,
+    POOL_WAITING,
+)
 
 
 @dataclass(slots=True)
@@ -99,8 +107,11 @@ class Database:
             POOL_IN_USE.set(self._in_use)
 
     def sample_pool(self) -> None:
-        """Record how many open connections sit idle in the pool."""
-        POOL_IDLE.set(self.engine.pool.checkedin())  # type: ignore[attr-defined]
+        """Record how many open connections sit idle in the pool, and how many overflow."""
+        pool = self.engine.pool
+        POOL_IDLE.set(pool.checkedin())  # type: ignore[attr-defined]
+        # QueuePool counts overflow from -pool_size while the pool is not yet full.
+        POOL_OVERFLOW.set(max(0, pool.overflow()))  # type: ignore[attr-defined]
 
     @asynccontextmanager
     async def read_connection(self) -> AsyncIterator[AsyncConnection]:

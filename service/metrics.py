@@ -56,6 +56,11 @@ POOL_IDLE = Gauge(
     "Open database connections idle in a worker's pool.",
     multiprocess_mode="liveall",
 )
+POOL_OVERFLOW = Gauge(
+    "db_pool_connections_overflow",
+    "Connections a worker holds beyond DB_POOL_SIZE (closed when returned).",
+    multiprocess_mode="liveall",
+)
 POOL_MAX = Gauge(
     "db_pool_connections_max",
     "Connections a worker may hold (DB_POOL_SIZE + DB_MAX_OVERFLOW).",

@@ -151,6 +151,7 @@ async def test_pool_and_worker_metrics_are_exposed(stack: Stack) -> None:
         "db_pool_connections_in_use",
         "db_pool_connections_idle",
         "db_pool_connections_max",
+        "db_pool_connections_overflow",
         "db_pool_waiting_requests",
         "db_pool_wait_seconds_count",
         "db_pool_timeouts_total",

@@ -1,6 +1,7 @@
 """The app as separate OS processes: each builds its own pool, none connects at import."""
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -150,3 +151,36 @@ def test_production_refuses_the_default_database_url() -> None:
     )
     assert result.returncode != 0
     assert "DATABASE_URL must be set explicitly" in result.stderr
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_log_format_json_for_machines_console_for_people(log_format: str) -> None:
+    script = (
+        "import logging, structlog, service.main\n"
+        "structlog.get_logger('service.check').info('hello', answer=42)\n"
+        "logging.getLogger('uvicorn.error').warning('from the standard library')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={**os.environ, "LOG_FORMAT": log_format},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) == 2
+    if log_format == "json":
+        first, second = (json.loads(line) for line in lines)
+        assert first["event"] == "hello"
+        assert first["answer"] == 42
+        assert first["logger"] == "service.check"
+        assert second["logger"] == "uvicorn.error"
+        assert second["level"] == "warning"
+    else:
+        assert all(not line.startswith("{") for line in lines)
+        assert "hello" in lines[0]
+        assert "answer" in lines[0]
+        assert "from the standard library" in lines[1]

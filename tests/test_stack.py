@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import asyncpg
@@ -84,19 +85,20 @@ async def test_scale_refuses_what_the_database_cannot_hold(stack: Stack) -> None
 
 
 async def test_request_id_is_echoed_when_valid_and_generated_otherwise(stack: Stack) -> None:
+    mine = f"abc-123.{uuid.uuid4().hex[:8]}"
     async with httpx.AsyncClient(base_url=stack.url) as client:
-        echoed = await client.get("/healthz", headers={"X-Request-ID": "abc-123"})
+        echoed = await client.get("/healthz", headers={"X-Request-ID": mine})
         replaced = await client.get("/healthz", headers={"X-Request-ID": "not valid!"})
         too_long = await client.get("/healthz", headers={"X-Request-ID": "a" * 129})
         generated = await client.get("/healthz")
-    assert echoed.headers["x-request-id"] == "abc-123"
+    assert echoed.headers["x-request-id"] == mine
     for response in (replaced, too_long, generated):
         assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
     await asyncio.sleep(0.3)
-    app_line = next(line for line in stack.app_log() if line.get("request_id") == "abc-123")
+    app_line = next(line for line in stack.app_log() if line.get("request_id") == mine)
     assert app_line["route"] == "/healthz"
     nginx_lines = read_json_lines(stack.run_dir / "logs" / "nginx-access.log")
-    assert any(line["request_id"] == "abc-123" for line in nginx_lines)
+    assert any(line["request_id"] == mine for line in nginx_lines)
 
 
 async def test_the_app_sees_the_client_address_nginx_saw(stack: Stack) -> None:

@@ -76,6 +76,24 @@ scale: ## Change the worker count live: make scale WORKERS=N (after the connecti
 	@test -n "$(WORKERS)" || { echo "usage: make scale WORKERS=N" >&2; exit 2; }
 	$(STACK) scale $(WORKERS)
 
+USERS ?= 50
+SPAWN_RATE ?= 50
+RUN_TIME ?= 30
+MAX_FAILURE_RATIO ?= 0.01
+MAX_P95_MS ?= 250
+MAX_P99_MS ?= 500
+WARMUP ?= 5
+
+.PHONY: loadtest
+loadtest: install ## Locust headless against the running stack: make loadtest USERS=50 RUN_TIME=30 MAX_P99_MS=500
+	$(RUN) python -m loadtest.run --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(RUN_TIME) \
+		--max-failure-ratio $(MAX_FAILURE_RATIO) --max-p95-ms $(MAX_P95_MS) --max-p99-ms $(MAX_P99_MS)
+
+.PHONY: sweep
+sweep: install ## The same load at several worker counts and a recommendation: make sweep WORKERS="1 2 4"
+	$(RUN) python -m loadtest.sweep --workers "$(WORKERS)" --users $(USERS) --run-time $(RUN_TIME) \
+		--warmup $(WARMUP) --max-p99-ms $(MAX_P99_MS) --max-failure-ratio $(MAX_FAILURE_RATIO)
+
 .PHONY: migrate
 migrate: install ## Upgrade the database (DATABASE_URL) to head, under an advisory lock
 	$(RUN) alembic upgrade head

@@ -1,0 +1,150 @@
+"""Locust users for the notes API: a realistic mix, every response checked.
+
+Each user works on the notes it created itself, so nothing 404s or 412s by accident: reads by
+id and list pages dominate, with creates, updates under If-Match, deletes and stats beside
+them. A response with the wrong status or shape counts as a failure, never as a success.
+
+    locust -f loadtest/locustfile.py --headless -H http://127.0.0.1:8080 -u 50 -r 10 -t 30s
+"""
+
+import random
+from typing import Any
+
+from locust import FastHttpUser, between, task
+from locust.contrib.fasthttp import ResponseContextManager
+
+NOTE_FIELDS = {"id", "text", "completed", "created_at", "updated_at"}
+SEED_NOTES = 5
+
+
+def _note_ok(body: Any) -> bool:
+    return isinstance(body, dict) and set(body) == NOTE_FIELDS and isinstance(body["id"], int)
+
+
+class NotesUser(FastHttpUser):
+    """One client of the API, keeping the ids and ETags of the notes it created."""
+
+    wait_time = between(0, 0.05)
+
+    def on_start(self) -> None:
+        """Create a few notes to read and change."""
+        self.notes: dict[int, str] = {}
+        for _ in range(SEED_NOTES):
+            self.create_note()
+
+    def _expect(self, response: ResponseContextManager, status: int) -> Any:
+        """Fail the request unless it has `status`; return the JSON body (or None)."""
+        if response.status_code != status:
+            response.failure(f"expected {status}, got {response.status_code}: {response.text}")
+            return None
+        if status == 204:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            response.failure("response body is not JSON")
+            return None
+
+    @task(10)
+    def create_note(self) -> None:
+        """POST a note; 201 with the note, its Location and ETag."""
+        text = f"note {random.randrange(10**9)}"  # noqa: S311 (test data)
+        with self.client.post(
+            "/api/v1/notes", json={"text": text}, name="/api/v1/notes", catch_response=True
+        ) as response:
+            body = self._expect(response, 201)
+            if body is None:
+                return
+            if not _note_ok(body) or body["text"] != text:
+                response.failure(f"unexpected note: {body}")
+            elif response.headers.get("Location") != f"/api/v1/notes/{body['id']}":
+                response.failure("missing or wrong Location")
+            else:
+                self.notes[body["id"]] = response.headers.get("ETag", "")
+
+    @task(50)
+    def read_note(self) -> None:
+        """GET one of our notes by id."""
+        if not self.notes:
+            return
+        note_id = random.choice(list(self.notes))  # noqa: S311
+        with self.client.get(
+            f"/api/v1/notes/{note_id}", name="/api/v1/notes/{note_id}", catch_response=True
+        ) as response:
+            body = self._expect(response, 200)
+            if body is not None and (not _note_ok(body) or body["id"] != note_id):
+                response.failure(f"unexpected note: {body}")
+
+    @task(15)
+    def list_notes(self) -> None:
+        """Walk up to three pages of the list with the cursor."""
+        params: dict[str, Any] = {"limit": 20}
+        if random.random() < 0.3:  # noqa: S311
+            params["completed"] = "true"
+        for _ in range(3):
+            with self.client.get(
+                "/api/v1/notes", params=params, name="/api/v1/notes?page", catch_response=True
+            ) as response:
+                page = self._expect(response, 200)
+                if page is None:
+                    return
+                items = page.get("items") if isinstance(page, dict) else None
+                if not isinstance(items, list) or not all(_note_ok(item) for item in items):
+                    response.failure("page without a valid items list")
+                    return
+                ids = [item["id"] for item in items]
+                if ids != sorted(ids) or len(ids) > 20:
+                    response.failure("page not in ascending id order or too long")
+                    return
+                if not page.get("next_cursor"):
+                    return
+                params["cursor"] = page["next_cursor"]
+
+    @task(8)
+    def update_note(self) -> None:
+        """PATCH one of our notes with its current ETag: 200 and a new ETag."""
+        if not self.notes:
+            return
+        note_id = random.choice(list(self.notes))  # noqa: S311
+        with self.client.patch(
+            f"/api/v1/notes/{note_id}",
+            json={"completed": random.random() < 0.5},  # noqa: S311
+            headers={"If-Match": self.notes[note_id]},
+            name="/api/v1/notes/{note_id} PATCH",
+            catch_response=True,
+        ) as response:
+            body = self._expect(response, 200)
+            etag = response.headers.get("ETag")
+            if body is not None and (not _note_ok(body) or not etag):
+                response.failure("PATCH without a note or a new ETag")
+            elif etag:
+                self.notes[note_id] = etag
+
+    @task(3)
+    def delete_note(self) -> None:
+        """DELETE one of our notes (keeping a few to read)."""
+        if len(self.notes) <= SEED_NOTES:
+            return
+        note_id = random.choice(list(self.notes))  # noqa: S311
+        etag = self.notes.pop(note_id)
+        with self.client.delete(
+            f"/api/v1/notes/{note_id}",
+            headers={"If-Match": etag},
+            name="/api/v1/notes/{note_id} DELETE",
+            catch_response=True,
+        ) as response:
+            self._expect(response, 204)
+
+    @task(4)
+    def stats(self) -> None:
+        """GET the counts; they must add up."""
+        with self.client.get(
+            "/api/v1/notes/stats", name="/api/v1/notes/stats", catch_response=True
+        ) as response:
+            body = self._expect(response, 200)
+            if body is None:
+                return
+            if not isinstance(body, dict) or body.get("total") != body.get(
+                "completed", -1
+            ) + body.get("open", -1):
+                response.failure(f"stats do not add up: {body}")

@@ -1,0 +1,209 @@
+"""`make loadtest`: Locust headless against the running stack, a report, and thresholds.
+
+    uv run python -m loadtest.run [--users 50] [--spawn-rate 50] [--run-time 30]
+        [--max-failure-ratio 0.01] [--max-p95-ms 250] [--max-p99-ms 500]
+
+Writes Locust's CSV and HTML report and a summary.md under loadtest/results/<timestamp>/,
+prints the summary, and exits 1 when a threshold is broken. Only loopback hosts are loaded.
+"""
+
+import argparse
+import csv
+import ipaddress
+import os
+import subprocess
+import sys
+import time
+import urllib.parse
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+RESULTS = ROOT / "loadtest" / "results"
+# Locust runs on one core (gevent): above this share of it, Locust is the bottleneck.
+LOCUST_CPU_LIMIT = 0.9
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """What a run must stay within."""
+
+    max_failure_ratio: float = 0.01
+    max_p95_ms: float = 250.0
+    max_p99_ms: float = 500.0
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The aggregate figures of one Locust run."""
+
+    requests: int
+    failures: int
+    requests_per_second: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    locust_cpu: float  # share of one core Locust used
+    seconds: float
+
+    @property
+    def failure_ratio(self) -> float:
+        """Failed requests over all requests."""
+        return self.failures / self.requests if self.requests else 1.0
+
+
+def loopback_only(host: str) -> str:
+    """Refuse any target but this machine."""
+    hostname = urllib.parse.urlsplit(host).hostname or ""
+    try:
+        loopback = hostname == "localhost" or ipaddress.ip_address(hostname).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        msg = f"load tests target loopback addresses only, not {host!r}"
+        raise SystemExit(msg)
+    return host
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_locust(
+    *, host: str, users: int, spawn_rate: float, seconds: int, out_dir: Path, tag: str
+) -> RunResult:
+    """Run Locust headless for `seconds`; its CSV and HTML go to `out_dir/<tag>*`."""
+    loopback_only(host)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        "--host", host, "--users", str(users), "--spawn-rate", str(spawn_rate),
+        "--run-time", f"{seconds}s", "--stop-timeout", "5",
+        "--csv", str(out_dir / tag), "--html", str(out_dir / f"{tag}.html"), "--only-summary",
+    ]  # fmt: skip
+    with (out_dir / f"{tag}-locust.log").open("wb") as log:
+        started = time.monotonic()
+        process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        cpu = 0.0
+        while process.poll() is None:
+            try:
+                cpu = _cpu_seconds(process.pid)
+            except OSError:
+                break
+            time.sleep(0.5)
+        elapsed = time.monotonic() - started
+    if process.returncode not in (0, 1):  # 1: Locust saw failed requests
+        msg = f"locust exited with {process.returncode}; see {out_dir / f'{tag}-locust.log'}"
+        raise SystemExit(msg)
+    return _aggregate(out_dir / f"{tag}_stats.csv", cpu / elapsed, elapsed)
+
+
+def _aggregate(stats_csv: Path, locust_cpu: float, seconds: float) -> RunResult:
+    with stats_csv.open() as file:
+        row = next(r for r in csv.DictReader(file) if r["Name"] == "Aggregated")
+
+    def number(key: str) -> float:
+        return float(row[key]) if row[key] not in ("", "N/A") else 0.0
+
+    return RunResult(
+        requests=int(row["Request Count"]),
+        failures=int(row["Failure Count"]),
+        requests_per_second=number("Requests/s"),
+        p50_ms=number("50%"),
+        p95_ms=number("95%"),
+        p99_ms=number("99%"),
+        locust_cpu=locust_cpu,
+        seconds=seconds,
+    )
+
+
+def violations(result: RunResult, thresholds: Thresholds) -> list[str]:
+    """Each threshold the run broke, in words."""
+    broken = []
+    if result.requests == 0:
+        broken.append("no request completed")
+    if result.failure_ratio > thresholds.max_failure_ratio:
+        broken.append(
+            f"failure ratio {result.failure_ratio:.2%} > {thresholds.max_failure_ratio:.2%}"
+        )
+    if result.p95_ms > thresholds.max_p95_ms:
+        broken.append(f"p95 {result.p95_ms:g} ms > {thresholds.max_p95_ms:g} ms")
+    if result.p99_ms > thresholds.max_p99_ms:
+        broken.append(f"p99 {result.p99_ms:g} ms > {thresholds.max_p99_ms:g} ms")
+    return broken
+
+
+def locust_warning(result: RunResult) -> str | None:
+    """A warning when the load generator itself saturated its core."""
+    if result.locust_cpu < LOCUST_CPU_LIMIT:
+        return None
+    return (
+        f"Locust used {result.locust_cpu:.0%} of a core: the load generator is the bottleneck, "
+        "so these figures understate what the stack can serve (run Locust on another machine "
+        "or with --processes)"
+    )
+
+
+def summary(result: RunResult, thresholds: Thresholds, broken: list[str]) -> str:
+    """The Markdown summary of one run."""
+    lines = [
+        "| requests | failed | req/s | p50 ms | p95 ms | p99 ms | Locust CPU |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+        f"| {result.requests} | {result.failure_ratio:.2%} | {result.requests_per_second:.0f} | "
+        f"{result.p50_ms:g} | {result.p95_ms:g} | {result.p99_ms:g} | {result.locust_cpu:.0%} |",
+        "",
+        f"Thresholds: failures <= {thresholds.max_failure_ratio:.2%}, "
+        f"p95 <= {thresholds.max_p95_ms:g} ms, p99 <= {thresholds.max_p99_ms:g} ms.",
+    ]
+    warning = locust_warning(result)
+    if warning:
+        lines += ["", f"**Warning:** {warning}."]
+    lines += ["", "**Broken:** " + "; ".join(broken) + "." if broken else "All thresholds held."]
+    return "\n".join(lines) + "\n"
+
+
+def timestamp() -> str:
+    """A sortable UTC timestamp for a results folder."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def main() -> None:
+    """Command line: one run, its report, its verdict."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default=os.environ.get("LOADTEST_HOST", "http://127.0.0.1:8080"))
+    parser.add_argument("--users", type=int, default=50)
+    parser.add_argument("--spawn-rate", type=float, default=50)
+    parser.add_argument("--run-time", type=int, default=30, help="seconds")
+    parser.add_argument("--max-failure-ratio", type=float, default=Thresholds.max_failure_ratio)
+    parser.add_argument("--max-p95-ms", type=float, default=Thresholds.max_p95_ms)
+    parser.add_argument("--max-p99-ms", type=float, default=Thresholds.max_p99_ms)
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    args = parser.parse_args()
+
+    try:
+        loopback_only(args.host)
+    except SystemExit as exc:
+        parser.error(str(exc))
+    thresholds = Thresholds(args.max_failure_ratio, args.max_p95_ms, args.max_p99_ms)
+    out_dir = args.out or RESULTS / timestamp()
+    print(f"loadtest: {args.users} users for {args.run_time}s against {args.host}", flush=True)
+    result = run_locust(
+        host=args.host, users=args.users, spawn_rate=args.spawn_rate,
+        seconds=args.run_time, out_dir=out_dir, tag="locust",
+    )  # fmt: skip
+    broken = violations(result, thresholds)
+    text = summary(result, thresholds, broken)
+    (out_dir / "summary.md").write_text(f"# Load test {out_dir.name}\n\n{text}")
+    (out_dir / "result.csv").write_text(
+        ",".join(asdict(result)) + "\n" + ",".join(str(v) for v in asdict(result).values()) + "\n"
+    )
+    print(text)
+    print(f"loadtest: reports in {out_dir}")
+    sys.exit(1 if broken else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -296,3 +296,17 @@ async def test_prometheus_scrapes_the_stack(stack: Stack) -> None:
         if rule["health"] != "ok" and rule.get("lastEvaluation")
     ]
     assert unhealthy == []
+
+
+async def test_counts_survive_a_reload(stack: Stack) -> None:
+    async with httpx.AsyncClient(timeout=30) as client:
+        created = await client.post(f"{stack.url}/api/v1/notes", json={"text": "reloaded"})
+        before, _ = await scrape(client, stack)
+        await send(client, stack, created.headers["location"], reads=100)
+        await stack.arun("reload")
+        await send(client, stack, created.headers["location"], reads=100)
+        after, _ = await scrape(client, stack)
+    counted = value(after, "http_requests_total", route=NOTE_ROUTE, status="200") - value(
+        before, "http_requests_total", route=NOTE_ROUTE, status="200"
+    )
+    assert counted == 200

@@ -32,7 +32,7 @@ test: install deps ## Run the whole test suite against a real PostgreSQL
 lint: install ## Check formatting, lint (ruff) and types (mypy --strict)
 	$(RUN) ruff format --check .
 	$(RUN) ruff check .
-	$(RUN) mypy service migrations tests loadtest deploy/native/stack.py gunicorn.conf.py
+	$(RUN) mypy service migrations tests loadtest deploy/native/stack.py deploy/grafana/dashboard.py gunicorn.conf.py
 
 .PHONY: format
 format: install ## Format the code and apply safe lint fixes

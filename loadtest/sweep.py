@@ -70,25 +70,32 @@ def prometheus_value(url: str, query: str, at: float) -> float:
     return 0.0 if math.isnan(value) else value  # NaN (no traffic) counts as 0
 
 
-def worker_cpu(prometheus: str, start: float, end: float) -> list[float]:
-    """Each worker's CPU share over the run: its CPU seconds at the end minus at the start.
+def worker_cores(prometheus: str, start: float, end: float) -> float:
+    """Cores all workers used between `start` and `end`, from the raw samples.
 
-    Differencing two samples avoids rate()'s extrapolation, which overshoots on a window
-    holding only a few samples of a gauge sampled every 2 s.
+    Each worker's CPU gauge only grows, so its growth between its first and last sample in
+    the window is what it used; summing per process also counts workers recycled during the
+    run (max_requests), and dividing by the span the samples cover avoids rate()'s
+    extrapolation over a window of few samples.
     """
-    before = {m["pid"]: v for m, v in prometheus_query(prometheus, "worker_cpu_seconds", start)}
-    after = {m["pid"]: v for m, v in prometheus_query(prometheus, "worker_cpu_seconds", end)}
-    return [(after[pid] - before[pid]) / (end - start) for pid in after if pid in before]
+    window = f"{round(end - start)}s"
+    params = urllib.parse.urlencode({"query": f"worker_cpu_seconds[{window}]", "time": end})
+    with urllib.request.urlopen(f"{prometheus}/api/v1/query?{params}", timeout=10) as response:  # noqa: S310
+        series = [s["values"] for s in json.load(response)["data"]["result"]]
+    series = [values for values in series if len(values) >= 2]
+    if not series:
+        return 0.0
+    used = sum(float(values[-1][1]) - float(values[0][1]) for values in series)
+    first = min(float(values[0][0]) for values in series)
+    last = max(float(values[-1][0]) for values in series)
+    return used / (last - first) if last > first else 0.0
 
 
-def observe(prometheus: str, start: float, end: float) -> dict[str, float]:
+def observe(prometheus: str, start: float, end: float, workers: int) -> dict[str, float]:
     """What the workers and the pool did between `start` and `end`."""
     window = f"{max(10, int(end - start))}s"
-    shares = worker_cpu(prometheus, start, end)
-    seen = {
-        "worker_cpu": sum(shares) / len(shares) if shares else 0.0,
-        "total_worker_cpu": sum(shares),
-    }
+    cores = worker_cores(prometheus, start, end)
+    seen = {"worker_cpu": cores / workers, "total_worker_cpu": cores}
     queries = {
         "pool_in_use": (
             "avg_over_time((sum(db_pool_connections_in_use) / sum(db_pool_connections_max))"
@@ -252,8 +259,7 @@ def measure(args: argparse.Namespace, workers: int, out_dir: Path, prefix: str) 
             seconds=args.warmup, out_dir=out_dir, tag=f"warmup-{workers}",
         )  # fmt: skip
     print(f"{prefix} measuring for {args.run_time}s", flush=True)
-    # Prometheus scrapes every 5 s: start and end on scrapes taken during the load.
-    start = time.time() + 5
+    start = time.time()
     busy_before, total_before = _busy_and_total_jiffies()
     result: RunResult = run_locust(
         host=args.host, users=args.users, spawn_rate=args.users,
@@ -262,7 +268,7 @@ def measure(args: argparse.Namespace, workers: int, out_dir: Path, prefix: str) 
     busy_after, total_after = _busy_and_total_jiffies()
     end = time.time()
     time.sleep(6)  # let Prometheus take the scrape that closes the window
-    seen = observe(args.prometheus, start, end)
+    seen = observe(args.prometheus, start, end, workers)
     return Step(
         workers=workers,
         requests_per_second=result.requests_per_second,

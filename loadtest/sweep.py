@@ -303,6 +303,8 @@ def main() -> None:
         loopback_only(args.prometheus)
     except SystemExit as exc:
         parser.error(str(exc))
+    if args.run_time < 10:
+        parser.error("--run-time must be at least 10 s: Prometheus scrapes every 5 s")
     counts = [int(n) for n in args.workers.split()] or default_worker_counts()
     if any(n < 1 for n in counts):
         parser.error("worker counts must be at least 1")

@@ -59,7 +59,7 @@ def test_sweep_measures_each_worker_count_and_recommends(stack: Stack, tmp_path:
     before = stack.worker_pids()
     result = subprocess.run(
         [sys.executable, "-m", "loadtest.sweep", "--workers", "1 2", "--host", stack.url,
-         "--prometheus", stack.prometheus_url, "--users", "10", "--run-time", "6",
+         "--prometheus", stack.prometheus_url, "--users", "10", "--run-time", "12",
          "--warmup", "1", "--out", str(tmp_path)],
         cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip

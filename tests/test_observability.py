@@ -67,16 +67,15 @@ async def test_request_counts_are_exact_whichever_worker_answers(stack: Stack) -
 
         scrapes = await asyncio.gather(*(scrape(client, stack) for _ in range(12)))
 
+    get = {"route": NOTE_ROUTE, "method": "GET"}  # other tests PATCH and DELETE this route
     for after, _ in scrapes:
-        ok = value(after, "http_requests_total", route=NOTE_ROUTE, method="GET", status="200")
-        missing = value(after, "http_requests_total", route=NOTE_ROUTE, status="404")
-        observed = value(after, "http_request_duration_seconds_count", route=NOTE_ROUTE)
-        ok_before = value(before, "http_requests_total", route=NOTE_ROUTE, status="200")
-        missing_before = value(before, "http_requests_total", route=NOTE_ROUTE, status="404")
-        observed_before = value(before, "http_request_duration_seconds_count", route=NOTE_ROUTE)
-        assert ok - ok_before == 400
-        assert missing - missing_before == 100
-        assert observed - observed_before == 500
+
+        def delta(name: str, after: Samples = after, **labels: str) -> float:
+            return value(after, name, **get, **labels) - value(before, name, **get, **labels)
+
+        assert delta("http_requests_total", status="200") == 400
+        assert delta("http_requests_total", status="404") == 100
+        assert delta("http_request_duration_seconds_count") == 500
     await asyncio.sleep(0.3)
     scrape_ids = {request_id for _, request_id in scrapes}
     assert len(stack.access_pids(scrape_ids)) >= 2, "every scrape landed on one worker"
@@ -98,16 +97,9 @@ async def test_counts_stay_exact_after_a_worker_is_killed(stack: Stack) -> None:
         after, _ = await scrape(client, stack)
 
     ok = "http_requests_total"
-    assert (
-        value(after, ok, route=NOTE_ROUTE, status="200")
-        - value(before, ok, route=NOTE_ROUTE, status="200")
-        == 400
-    )
-    assert (
-        value(after, ok, route=NOTE_ROUTE, status="404")
-        - value(before, ok, route=NOTE_ROUTE, status="404")
-        == 100
-    )
+    get = {"route": NOTE_ROUTE, "method": "GET"}
+    assert value(after, ok, **get, status="200") - value(before, ok, **get, status="200") == 400
+    assert value(after, ok, **get, status="404") - value(before, ok, **get, status="404") == 100
     # The dead worker's per-process series are gone; the replacement has its own.
     live_pids = {str(pid) for pid in stack.worker_pids()}
     cpu_pids = {dict(labels)["pid"] for (name, labels) in after if name == "worker_cpu_seconds"}
@@ -306,7 +298,8 @@ async def test_counts_survive_a_reload(stack: Stack) -> None:
         await stack.arun("reload")
         await send(client, stack, created.headers["location"], reads=100)
         after, _ = await scrape(client, stack)
-    counted = value(after, "http_requests_total", route=NOTE_ROUTE, status="200") - value(
-        before, "http_requests_total", route=NOTE_ROUTE, status="200"
+    get = {"route": NOTE_ROUTE, "method": "GET", "status": "200"}
+    counted = value(after, "http_requests_total", **get) - value(
+        before, "http_requests_total", **get
     )
     assert counted == 200

@@ -111,12 +111,17 @@ async def test_in_progress_returns_to_zero_and_live_workers_follow_scale(stack: 
     async with httpx.AsyncClient(timeout=30) as client:
         created = await client.post(f"{stack.url}/api/v1/notes", json={"text": "in progress"})
         await send(client, stack, created.headers["location"], reads=100)
-        samples, _ = await scrape(client, stack)
-        busy = {
-            dict(labels)["route"]: v
-            for (name, labels), v in samples.items()
-            if name == "http_requests_in_progress" and v
-        }
+        # A worker lowers the gauge just after its response is sent: allow it a moment.
+        for _ in range(20):
+            samples, _ = await scrape(client, stack)
+            busy = {
+                dict(labels)["route"]: v
+                for (name, labels), v in samples.items()
+                if name == "http_requests_in_progress" and v
+            }
+            if busy == {"/metrics": 1.0}:
+                break
+            await asyncio.sleep(0.1)
         # Only the scrape itself is in flight.
         assert busy == {"/metrics": 1.0}
 

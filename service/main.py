@@ -9,12 +9,12 @@ from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
 from service import health, metrics
-from service.access_log import AccessLogMiddleware
 from service.config import Settings, get_settings
 from service.db import create_database
 from service.errors import register_error_handlers
 from service.logging import configure_logging
 from service.notes.router import router as notes_router
+from service.observability import ObservabilityMiddleware
 from service.timing import ServerTimingMiddleware
 
 logger = structlog.get_logger(__name__)
@@ -67,9 +67,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     register_error_handlers(app)
     app.add_middleware(ServerTimingMiddleware)
-    app.add_middleware(metrics.MetricsMiddleware, routes=route_table(app))
-    # Added last, so outermost: the access line covers the whole request.
-    app.add_middleware(AccessLogMiddleware)
+    # Added last, so outermost: the metrics and the access line cover the whole request.
+    app.add_middleware(ObservabilityMiddleware, routes=route_table(app))
     return app
 
 

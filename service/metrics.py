@@ -1,4 +1,4 @@
-"""Prometheus metrics: the definitions, the RED middleware, per-worker samples and /metrics.
+"""Prometheus metrics: the definitions, per-worker samples and /metrics.
 
 In a gunicorn deployment every worker writes to PROMETHEUS_MULTIPROC_DIR and any worker can
 answer a scrape with the sum over all of them (see service/metrics_store.py). Multiprocess
@@ -10,25 +10,20 @@ import contextlib
 import os
 import platform
 import resource
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as generate_single_process
-from starlette.routing import BaseRoute, Match
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import metrics_store
-from service.access_log import UNMATCHED_ROUTE
 
 # Reads by id take about a millisecond: resolve well below it, and up to timeouts above.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 POOL_WAIT_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 HTTP_REQUESTS = Counter(
     "http_requests_total", "HTTP requests answered.", ["method", "route", "status"]
@@ -100,55 +95,6 @@ BUILD_INFO = Gauge(
 
 SAMPLE_INTERVAL_SECONDS = 2.0
 _PAGE_SIZE = resource.getpagesize()
-
-
-def resolve_route(routes: Sequence[BaseRoute], scope: Scope) -> str:
-    """The route template a request will be served by, before it is served."""
-    partial = None
-    for route in routes:
-        match, _ = route.matches(scope)
-        if match is Match.FULL:
-            return str(getattr(route, "path", UNMATCHED_ROUTE))
-        if match is Match.PARTIAL and partial is None:
-            partial = str(getattr(route, "path", UNMATCHED_ROUTE))
-    return partial or UNMATCHED_ROUTE
-
-
-class MetricsMiddleware:
-    """Counts, times and tracks in-flight requests by method and route template.
-
-    Paths that match no route share one label value, and unknown methods count as OTHER, so
-    no client can create new series.
-    """
-
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
-        self.app = app
-        self.routes = routes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
-        route = resolve_route(self.routes, scope)
-        in_progress = HTTP_IN_PROGRESS.labels(method, route)
-        in_progress.inc()
-        started = time.perf_counter()
-        status = 500
-
-        async def send_and_record(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_record)
-        finally:
-            HTTP_DURATION.labels(method, route).observe(time.perf_counter() - started)
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            in_progress.dec()
 
 
 def _sample_worker() -> None:

@@ -3,7 +3,6 @@
 import time
 from contextvars import ContextVar
 
-from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _timings: ContextVar[list[str] | None] = ContextVar("server_timings", default=None)
@@ -37,8 +36,8 @@ class ServerTimingMiddleware:
         async def send_with_timing(message: Message) -> None:
             if message["type"] == "http.response.start":
                 elapsed_ms = (time.perf_counter() - started) * 1000
-                headers = MutableHeaders(scope=message)
-                headers.append("Server-Timing", ", ".join([*timings, f"app;dur={elapsed_ms:.2f}"]))
+                value = ", ".join([*timings, f"app;dur={elapsed_ms:.2f}"]).encode("latin-1")
+                message["headers"] = [*message.get("headers", ()), (b"server-timing", value)]
             await send(message)
 
         try:

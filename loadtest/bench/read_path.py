@@ -127,7 +127,15 @@ def main() -> None:
     asyncio.run(admin(f"{base}/postgres", f'CREATE DATABASE "{name}"'))
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "WARNING"}
+        # The service as deployed: every request writes its access line (to /dev/null) and
+        # its metrics to multiprocess files.
+        metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "LOG_LEVEL": "INFO",
+            "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
+        }
         subprocess.run(
             [sys.executable, "-m", "alembic", "upgrade", "head"],
             cwd=ROOT,

@@ -20,6 +20,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from deploy.native.stack import Layout, children, read_pid
 from loadtest.run import LOCUST_CPU_LIMIT, RESULTS, ROOT, RunResult, loopback_only, run_locust
 from loadtest.run import timestamp as make_timestamp
 from service.capacity import usable_cpus
@@ -128,20 +129,10 @@ def scale(workers: int) -> None:
 
 def current_workers() -> int:
     """The worker count of the running stack."""
-    run_dir = Path(os.environ.get("RUN_DIR", ROOT / ".run"))
-    try:
-        master = int((run_dir / "gunicorn.pid").read_text())
-    except (OSError, ValueError):
-        raise SystemExit("sweep: the stack is not running: make up first") from None
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            count += int(stat[1]) == master and stat[0] != "Z"
-    return count
+    master = read_pid(Layout.from_env().gunicorn_pidfile)
+    if master is None:
+        raise SystemExit("sweep: the stack is not running: make up first")
+    return len(children(master))
 
 
 def recommend(steps: list[Step], max_p99_ms: float, max_failure_ratio: float) -> tuple[Step, str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import URL
 
+from deploy.native.stack import children
 from tests.postgres import ROOT, free_port
 
 STACK = ROOT / "deploy" / "native" / "stack.py"
@@ -70,17 +71,7 @@ class Stack:
 
     def worker_pids(self) -> list[int]:
         """The live workers of the current master."""
-        master = self.master_pid()
-        pids = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                except (OSError, IndexError):
-                    continue
-                if int(fields[1]) == master and fields[0] != "Z":
-                    pids.append(int(entry.name))
-        return sorted(pids)
+        return children(self.master_pid())
 
     def app_log(self) -> list[dict[str, object]]:
         """Every JSON line of the app's log (app, uvicorn, gunicorn)."""

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
+from deploy.native.stack import alive
 from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port, fresh_database, migrate
 from tests.stack import Load, Stack, background_load, read_json_lines, running_stack
 
@@ -159,14 +160,6 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 async def test_sigterm_lets_slow_requests_finish_and_disposes_every_engine(
     pg_server: URL,
 ) -> None:
@@ -191,13 +184,13 @@ async def test_sigterm_lets_slow_requests_finish_and_disposes_every_engine(
                 await blocker.close()
                 responses = await asyncio.gather(*slow)
             for _ in range(100):
-                if not _alive(master):
+                if not alive(master):
                     break
                 await asyncio.sleep(0.1)
             log = stack.app_log()
 
             assert [response.status_code for response in responses] == [200] * 10
-            assert not _alive(master)
+            assert not alive(master)
             disposed = {
                 line["pid"] for line in log if line.get("event") == "database_engine_disposed"
             }
@@ -211,7 +204,7 @@ def test_down_leaves_no_process_and_no_port(pg_server: URL) -> None:
             pids = [stack.master_pid(), *stack.worker_pids()]
             nginx_pid = int((stack.run_dir / "nginx" / "nginx.pid").read_text())
             stack.run("down")
-            assert not any(_alive(pid) for pid in [*pids, nginx_pid])
+            assert not any(alive(pid) for pid in [*pids, nginx_pid])
             assert not _listening(stack.http_port)
             assert not _listening(stack.ops_port)
             assert stack.run("status", check=False).returncode != 0

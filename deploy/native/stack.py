@@ -193,6 +193,22 @@ def stop_process(name: str, pid: int, sig: signal.Signals, timeout: float) -> No
         os.kill(pid, signal.SIGKILL)
 
 
+def spawn(
+    layout: Layout, log_name: str, argv: list[str], env: dict[str, str] | None = None
+) -> "subprocess.Popen[bytes]":
+    """Start a long-running program in its own session, appending to $RUN_DIR/logs/NAME.log."""
+    with (layout.logs / f"{log_name}.log").open("ab") as log_file:
+        return subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 # --- state: what `up` decided, for the commands that come after -------------------------
 
 
@@ -274,20 +290,11 @@ def wait_workers(layout: Layout, master: int, count: int, timeout: float = 60) -
 
 def start_gunicorn(layout: Layout, env: dict[str, str]) -> int:
     """Start the gunicorn master in its own session, logging to $RUN_DIR/logs/app.log."""
-    log_file = (layout.logs / "app.log").open("ab")
     # The console script, not `python -m gunicorn`: USR2 re-executes the master's argv, and
     # `python .../gunicorn/__main__.py` would put gunicorn's package dir (with its own `http`
     # module) first on sys.path.
-    process = subprocess.Popen(
-        [Path(PYTHON).parent / "gunicorn", "--config", str(ROOT / "gunicorn.conf.py")],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log_file.close()
+    argv = [str(Path(PYTHON).parent / "gunicorn"), "--config", str(ROOT / "gunicorn.conf.py")]
+    process = spawn(layout, "app", argv, env=env)
 
     def pidfile_written() -> bool:
         if process.poll() is not None:
@@ -381,18 +388,10 @@ PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus"
 
 
 def start_daemon(layout: Layout, name: str, argv: list[str]) -> int:
-    """Start a long-running program in its own session, with a pid file and a log file."""
-    log_file = (layout.logs / f"{name}.log").open("ab")
-    process = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log_file.close()
-    (layout.run_dir / f"{name}.pid").write_text(str(process.pid))
-    return process.pid
+    """Start a long-running program that writes no pid file of its own; write one for it."""
+    pid = spawn(layout, name, argv).pid
+    (layout.run_dir / f"{name}.pid").write_text(str(pid))
+    return pid
 
 
 def start_exporter(layout: Layout) -> None:

@@ -1,0 +1,1 @@
+"""What runs around the app: the native runner, Prometheus, Grafana."""

@@ -1,0 +1,1 @@
+"""Native mode: the stack as local processes."""

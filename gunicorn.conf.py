@@ -37,7 +37,8 @@ WORKERS_CONFIGURED = Gauge(
     registry=None,
 )
 
-wsgi_app = "service.main:app"
+# The ASGI app; the tests serve a variant of it with a route that fails on purpose.
+wsgi_app = os.environ.get("GUNICORN_APP", "service.main:app")
 worker_class = "service.worker.Worker"
 workers = int(os.environ.get("WEB_CONCURRENCY") or default_workers())
 

@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     db_pool_pre_ping: bool = False
     db_connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
     db_statement_timeout: Annotated[float, Field(ge=0, le=3600)] = 10.0
+    # One budget for a whole request, pool wait and statements together; below nginx's
+    # proxy_read_timeout (60 s), so the client always gets the app's 503, never nginx's 504.
+    request_timeout: Annotated[float, Field(gt=0, lt=60)] = 10.0
+
+    # How long a POST's Idempotency-Key and its stored outcome are kept for a retry, and how
+    # often a worker deletes the expired ones.
+    idempotency_key_ttl: Annotated[float, Field(gt=0)] = 86_400.0
+    idempotency_cleanup_interval: Annotated[float, Field(gt=0)] = 600.0
 
     log_level: LogLevel = "INFO"
     log_format: LogFormat = "json"

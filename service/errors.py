@@ -1,32 +1,76 @@
 """Maps domain and infrastructure errors to HTTP responses, in one place.
 
-No response body ever carries a traceback or SQL: those go to the log only.
+No response body ever carries a traceback or SQL: those go to the log only. Every body can be
+encoded: a validation error that echoes the client's input replaces what strict JSON in UTF-8
+cannot carry.
+An exception no handler here answers is answered by `service.failures`.
 """
+
+import math
+import re
+from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request, status
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-from service.notes.exceptions import NoteNotFoundError, NoteVersionMismatchError
+from service.exceptions import NotFoundError, PreconditionFailedError, UnprocessableRequestError
+from service.failures import RETRY_AFTER_SECONDS
 
 logger = structlog.get_logger(__name__)
-
-# Seconds a client should wait before retrying when the database is the problem.
-_RETRY_AFTER = "1"
 
 # SQLSTATE classes and codes that mean "the database cannot serve this now", not "our bug":
 # connection exceptions, insufficient resources, operator intervention (which includes the
 # statement timeout, 57014).
 _UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
+# A lone UTF-16 surrogate (JSON's "\ud800") is a valid Python str but has no UTF-8 encoding.
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
-async def _note_not_found(request: Request, exc: Exception) -> JSONResponse:
+
+def encodable(value: Any) -> Any:
+    """`value` as strict JSON can carry it: every lone surrogate in its strings replaced by
+    U+FFFD, and the floats JSON has no number for (a body's `1e999` or `NaN`) as strings."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {encodable(key): encodable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [encodable(item) for item in value]
+    return value
+
+
+def validation_error_body(errors: Any) -> dict[str, Any]:
+    """FastAPI's 422 body for these validation errors, safe to encode whatever the input."""
+    return {"detail": encodable(jsonable_encoder(errors))}
+
+
+async def _request_invalid(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)  # noqa: S101 (registered for it alone)
+    return JSONResponse(
+        validation_error_body(exc.errors()), status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+    )
+
+
+async def _unprocessable(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, UnprocessableRequestError)  # noqa: S101 (registered for it alone)
+    error = {"loc": list(exc.loc), "msg": str(exc), "type": exc.type}
+    return JSONResponse(
+        validation_error_body([error]), status_code=status.HTTP_422_UNPROCESSABLE_CONTENT
+    )
+
+
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
 
 
-async def _version_mismatch(request: Request, exc: Exception) -> JSONResponse:
+async def _precondition_failed(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_412_PRECONDITION_FAILED)
 
 
@@ -35,7 +79,7 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
     return JSONResponse(
         {"detail": "Database unavailable"},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-        headers={"Retry-After": _RETRY_AFTER},
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
     )
 
 
@@ -45,11 +89,7 @@ async def _database_error(request: Request, exc: Exception) -> JSONResponse:
     invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
     if invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASSES):
         return await _database_unavailable(request, exc)
-    return await _internal_error(request, exc)
-
-
-async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.exception("unhandled_error", error=type(exc).__name__)
+    logger.exception("database_error", error=type(exc).__name__)
     return JSONResponse(
         {"detail": "Internal Server Error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR
     )
@@ -57,9 +97,10 @@ async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
 
 def register_error_handlers(app: FastAPI) -> None:
     """Install every error-to-response mapping on `app`."""
-    app.add_exception_handler(NoteNotFoundError, _note_not_found)
-    app.add_exception_handler(NoteVersionMismatchError, _version_mismatch)
+    app.add_exception_handler(RequestValidationError, _request_invalid)
+    app.add_exception_handler(UnprocessableRequestError, _unprocessable)
+    app.add_exception_handler(NotFoundError, _not_found)
+    app.add_exception_handler(PreconditionFailedError, _precondition_failed)
     for unavailable in (PoolTimeoutError, OperationalError, InterfaceError, OSError, TimeoutError):
         app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(DBAPIError, _database_error)
-    app.add_exception_handler(Exception, _internal_error)

@@ -12,6 +12,8 @@ from service import health, metrics
 from service.config import Settings, get_settings
 from service.db import create_database
 from service.errors import register_error_handlers
+from service.failures import RequestGuardMiddleware
+from service.idempotency import service as idempotency
 from service.logging import configure_logging
 from service.notes.router import router as notes_router
 from service.observability import ObservabilityMiddleware
@@ -49,7 +51,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_overflow=settings.db_max_overflow,
         )
         try:
-            async with metrics.worker_metrics(app.version, database.sample_pool):
+            async with (
+                metrics.worker_metrics(app.version, database.sample_pool),
+                idempotency.expiring_keys(
+                    database=database,
+                    ttl=settings.idempotency_key_ttl,
+                    interval=settings.idempotency_cleanup_interval,
+                ),
+            ):
                 yield {"database": database, "settings": settings, "schema_heads": schema_heads}
         finally:
             await database.dispose()
@@ -66,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     register_error_handlers(app)
+    # Innermost of ours: its 503 and 500 answers still get Server-Timing, metrics and a log line.
+    app.add_middleware(RequestGuardMiddleware, timeout=settings.request_timeout)
     app.add_middleware(ServerTimingMiddleware)
     # Added last, so outermost: the metrics and the access line cover the whole request.
     app.add_middleware(ObservabilityMiddleware, routes=route_table(app))

@@ -17,3 +17,9 @@ class Base(DeclarativeBase):
     """Base class of every mapped table."""
 
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# PostgreSQL's bigint, the type of every id and version: a number outside it can name no row,
+# and the driver refuses to send it, so inputs are checked against it before any query.
+BIGINT_MIN = -(2**63)
+BIGINT_MAX = 2**63 - 1

@@ -5,6 +5,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
 from sqlalchemy.engine import URL
 
 from service.config import Settings, load_settings
@@ -28,3 +29,22 @@ async def app_client(url: URL, **overrides: object) -> AsyncIterator[httpx.Async
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://notes.test") as client:
             yield client
+
+
+FAILING_ROUTE = "/test/fail"
+
+
+def failing_app() -> FastAPI:
+    """The service with one more route, which fails as a bug in a handler would.
+
+    gunicorn serves it as `tests.apps:failing_app()` (GUNICORN_APP) for the fault tests; the
+    real app has no such route.
+    """
+    app = create_app()
+
+    @app.get(FAILING_ROUTE, include_in_schema=False)
+    async def fail() -> None:
+        msg = "a handler that fails"
+        raise RuntimeError(msg)
+
+    return app

@@ -10,16 +10,17 @@ import sys
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncpg
 import httpx
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from deploy.native.stack import children
-from tests.postgres import ROOT, free_port
+from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port
 
 STACK = ROOT / "deploy" / "native" / "stack.py"
 
@@ -33,6 +34,7 @@ class Stack:
     ops_port: int
     prometheus_port: int
     env: dict[str, str]
+    database: URL
 
     @property
     def url(self) -> str:
@@ -65,6 +67,13 @@ class Stack:
     async def arun(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`run` without blocking the event loop (load keeps flowing meanwhile)."""
         return await asyncio.to_thread(self.run, *args, check=check)
+
+    def postgres(self, command: str) -> None:
+        """`pg-cluster start|stop|crash` on the stack's private cluster (`make up`'s default)."""
+        args = [str(self.run_dir / "postgres")]
+        if command == "start":
+            args.append(str(self.database.port))
+        subprocess.run([PG_CLUSTER, command, *args], check=True, capture_output=True)
 
     def master_pid(self) -> int:
         return int((self.run_dir / "gunicorn.pid").read_text())
@@ -101,27 +110,38 @@ def read_json_lines(path: Path) -> list[dict[str, object]]:
 
 @contextmanager
 def running_stack(
-    database: URL, workers: int = 2, extra_env: dict[str, str] | None = None
+    database: URL | None, workers: int = 2, extra_env: dict[str, str] | None = None
 ) -> Iterator[Stack]:
-    """Start a stack on free ports in a fresh run dir; stop it and check nothing is left."""
+    """Start a stack on free ports in a fresh run dir; stop it and check nothing is left.
+
+    Without `database` the stack starts its own private cluster in the run dir, as `make up`
+    does when DATABASE_URL is not set.
+    """
     # Not under pytest's tmp dir: that is private to root, and nginx's workers (an
     # unprivileged user) must reach the gunicorn socket.
     run_dir = Path(tempfile.mkdtemp(prefix="notes-stack-"))
     run_dir.chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    if database is None:
+        postgres_port = free_port()
+        env["POSTGRES_PORT"] = str(postgres_port)
+        database = make_url(f"postgresql+asyncpg://postgres@127.0.0.1:{postgres_port}/notes")
+    else:
+        env["DATABASE_URL"] = database.render_as_string(hide_password=False)
     stack = Stack(
         run_dir=run_dir,
         http_port=free_port(),
         ops_port=free_port(),
         prometheus_port=free_port(),
         env={
-            **os.environ,
+            **env,
             "RUN_DIR": str(run_dir),
-            "DATABASE_URL": database.render_as_string(hide_password=False),
             "WEB_CONCURRENCY": str(workers),
             "ENVIRONMENT": "test",
-            **(extra_env or {}),
         },
+        database=database,
     )
+    stack.env.update(extra_env or {})
     stack.env["HTTP_PORT"] = str(stack.http_port)
     stack.env["OPS_PORT"] = str(stack.ops_port)
     stack.env["PROMETHEUS_PORT"] = str(stack.prometheus_port)
@@ -134,25 +154,45 @@ def running_stack(
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+# The one status each request of the load expects: anything else fails the test.
+EXPECTED_STATUS = {"GET": 200, "POST": 201, "PATCH": 200}
+# Answers after which a write may be retried with the same Idempotency-Key: the note was
+# created at most once, whether or not the first attempt reached the database.
+RETRYABLE = {502, 503, 504}
+WRITE_ATTEMPTS = 8
+
+
 @dataclass
 class LoadResult:
-    """What a load run saw: a status per request (or the exception), by method."""
+    """What a load run saw: the final outcome of each request (a status, or the name of the
+    exception), what each POST meant to create, and how many attempts were retried."""
 
     outcomes: list[tuple[str, int | str]] = field(default_factory=list)
     request_ids: set[str] = field(default_factory=set)
+    # The text of every note a client meant to create, by the Idempotency-Key it used.
+    intended: dict[str, str] = field(default_factory=dict)
+    retries: Counter[int | str] = field(default_factory=Counter)
 
-    def failures(self, methods: set[str] | None = None) -> list[tuple[str, int | str]]:
-        """Requests that got an exception or a status no correct server would give."""
-        return [
+    def counts(self) -> Counter[tuple[str, int | str]]:
+        """How many requests of each method ended with each outcome."""
+        return Counter(self.outcomes)
+
+    def unexpected(self) -> Counter[tuple[str, int | str]]:
+        """Outcomes other than the one status each request expects."""
+        return Counter(
             (method, outcome)
             for method, outcome in self.outcomes
-            if (methods is None or method in methods)
-            and not (isinstance(outcome, int) and outcome < 500)
-        ]
+            if outcome != EXPECTED_STATUS[method]
+        )
 
 
 class Load:
-    """A mixed read/write load of the notes API, as a pool of concurrent clients."""
+    """A mixed read/write load of the notes API, as a pool of concurrent clients.
+
+    Every write carries an Idempotency-Key and is retried with it, up to WRITE_ATTEMPTS times,
+    when the answer says the write may not have happened (502, 503, 504, or no answer): so
+    even across a worker killed mid-request, each intended note is created exactly once.
+    """
 
     def __init__(self, base_url: str, concurrency: int) -> None:
         self.base_url = base_url
@@ -161,34 +201,69 @@ class Load:
         self.note_ids: list[int] = []
         self._stop = asyncio.Event()
 
+    async def _write(
+        self,
+        client: httpx.AsyncClient,
+        method: str,
+        url: str,
+        body: dict[str, object],
+        request_id: str,
+    ) -> tuple[int | str, httpx.Response | None]:
+        """Send a write with a fresh Idempotency-Key, retried with it while that is safe."""
+        key = uuid.uuid4().hex
+        if method == "POST":
+            self.result.intended[key] = str(body["text"])
+        outcome: int | str = "not sent"
+        response = None
+        for attempt in range(WRITE_ATTEMPTS):
+            if attempt:
+                self.result.retries[outcome] += 1
+                await asyncio.sleep(0.05 * 2**attempt)
+            try:
+                response = await client.request(
+                    method,
+                    url,
+                    json=body,
+                    headers={"Idempotency-Key": key, "X-Request-ID": request_id},
+                )
+            except httpx.TransportError as exc:
+                outcome = type(exc).__name__
+                continue
+            outcome = response.status_code
+            if outcome not in RETRYABLE:
+                break
+        return outcome, response
+
     async def _one(self, client: httpx.AsyncClient, rng: random.Random) -> None:
         request_id = uuid.uuid4().hex
         self.result.request_ids.add(request_id)
         headers = {"X-Request-ID": request_id}
         roll = rng.random()
         method = "GET"
+        outcome: int | str
         try:
             if roll < 0.2 or not self.note_ids:
                 method = "POST"
-                response = await client.post(
-                    "/api/v1/notes", json={"text": f"load {request_id}"}, headers=headers
+                body: dict[str, object] = {"text": f"load {request_id}"}
+                outcome, response = await self._write(
+                    client, method, "/api/v1/notes", body, request_id
                 )
-                if response.status_code == 201:
+                if outcome == 201 and response is not None:
                     self.note_ids.append(response.json()["id"])
             elif roll < 0.3:
                 method = "PATCH"
-                note = rng.choice(self.note_ids)
-                response = await client.patch(
-                    f"/api/v1/notes/{note}", json={"completed": True}, headers=headers
-                )
+                url = f"/api/v1/notes/{rng.choice(self.note_ids)}"
+                outcome, _ = await self._write(client, method, url, {"completed": True}, request_id)
             elif roll < 0.4:
-                response = await client.get("/api/v1/notes", params={"limit": 10}, headers=headers)
+                params = {"limit": 10}
+                response = await client.get("/api/v1/notes", params=params, headers=headers)
+                outcome = response.status_code
             else:
                 note = rng.choice(self.note_ids)
-                response = await client.get(f"/api/v1/notes/{note}", headers=headers)
-            self.result.outcomes.append((method, response.status_code))
+                outcome = (await client.get(f"/api/v1/notes/{note}", headers=headers)).status_code
         except httpx.HTTPError as exc:
-            self.result.outcomes.append((method, type(exc).__name__))
+            outcome = type(exc).__name__
+        self.result.outcomes.append((method, outcome))
 
     async def run(self, total: int | None = None) -> LoadResult:
         """Send `total` requests (or until `stop()`), `concurrency` at a time."""
@@ -209,6 +284,18 @@ class Load:
     def stop(self) -> None:
         """Ask the clients to finish their current request and stop."""
         self._stop.set()
+
+
+async def notes_by_text(database: URL, texts: Iterable[str]) -> Counter[str]:
+    """How many notes the database holds with each of these texts."""
+    connection = await asyncpg.connect(asyncpg_dsn(database))
+    try:
+        rows = await connection.fetch(
+            "SELECT text, count(*) AS n FROM notes WHERE text = ANY($1) GROUP BY text", list(texts)
+        )
+    finally:
+        await connection.close()
+    return Counter({row["text"]: row["n"] for row in rows})
 
 
 @asynccontextmanager

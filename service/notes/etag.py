@@ -1,6 +1,12 @@
 """Entity tags for notes and the If-Match precondition that uses them."""
 
+import re
 from dataclasses import dataclass
+
+from service.models import BIGINT_MAX
+
+# ASCII digits only: str.isdigit() also accepts characters such as "²" that int() refuses.
+_VERSION = re.compile(r"[0-9]{1,19}")
 
 
 def etag_for(note_id: int, version: int) -> str:
@@ -23,8 +29,8 @@ class IfMatch:
 def parse_if_match(header: str, note_id: int) -> IfMatch:
     """Parse If-Match for one note, by strong comparison (RFC 9110 §13.1.1).
 
-    Weak tags and tags of other notes can never match, so they are dropped; a header that
-    names nothing usable still exists and so fails on any note with 412.
+    Weak tags, tags of other notes and versions no note can have never match, so they are
+    dropped; a header that names nothing usable still exists and so fails on any note with 412.
     """
     if header.strip() == "*":
         return IfMatch(any_version=True, versions=frozenset())
@@ -34,6 +40,6 @@ def parse_if_match(header: str, note_id: int) -> IfMatch:
         tag = raw_tag.strip()
         if tag.startswith(prefix) and tag.endswith('"'):
             version = tag[len(prefix) : -1]
-            if version.isdigit():
+            if _VERSION.fullmatch(version) and int(version) <= BIGINT_MAX:
                 versions.add(int(version))
     return IfMatch(any_version=False, versions=frozenset(versions))

@@ -1,11 +1,13 @@
 """What can go wrong with a note, in the domain's words."""
 
+from service.exceptions import DomainError, NotFoundError, PreconditionFailedError
 
-class NoteError(Exception):
+
+class NoteError(DomainError):
     """Base of the notes domain's errors."""
 
 
-class NoteNotFoundError(NoteError):
+class NoteNotFoundError(NoteError, NotFoundError):
     """No note has this id."""
 
     def __init__(self, note_id: int) -> None:
@@ -13,7 +15,7 @@ class NoteNotFoundError(NoteError):
         self.note_id = note_id
 
 
-class NoteVersionMismatchError(NoteError):
+class NoteVersionMismatchError(NoteError, PreconditionFailedError):
     """The client's If-Match no longer names the note's current version."""
 
     def __init__(self, note_id: int) -> None:

@@ -2,46 +2,53 @@
 
 import base64
 import binascii
+import re
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from pydantic import BeforeValidator
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import DatabaseDep, SessionDep
+from service.db import DatabaseDep
+from service.idempotency import service as idempotency
+from service.idempotency.dependencies import IdempotencyDep
+from service.models import BIGINT_MAX, BIGINT_MIN
 from service.notes import service
 from service.notes.etag import IfMatch, etag_for, parse_if_match
 from service.notes.schemas import Note, NoteCreate, NotePage, NoteReplace, NoteStats, NoteUpdate
 from service.notes.service import NoteRow
+from service.openapi import error_responses
 
 router = APIRouter(prefix="/api/v1/notes", tags=["notes"])
 
-_CURSOR_PREFIX = b"after:"
-_BIGINT_MAX = 2**63 - 1
+_CURSOR = re.compile(rb"after:([0-9]{1,19})")
 
-NoteId = Annotated[int, Path(le=_BIGINT_MAX, description="The note's id.")]
+NoteId = Annotated[int, Path(ge=BIGINT_MIN, le=BIGINT_MAX, description="The note's id.")]
 
 
 def encode_cursor(after_id: int) -> str:
     """The opaque cursor that continues a walk after note `after_id`."""
-    return base64.urlsafe_b64encode(_CURSOR_PREFIX + str(after_id).encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(b"after:%d" % after_id).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: object) -> int | None:
+def decode_cursor(cursor: object) -> int | None:
+    """The id a cursor continues after; ValueError for anything `encode_cursor` cannot make."""
     if cursor is None:
         return None
+    text = str(cursor)
     try:
-        raw = base64.urlsafe_b64decode(str(cursor) + "=" * (-len(str(cursor)) % 4))
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (binascii.Error, ValueError):
         raw = b""
-    digits = raw.removeprefix(_CURSOR_PREFIX)
-    if not raw.startswith(_CURSOR_PREFIX) or not digits.isdigit() or len(digits) > 19:
+    match = _CURSOR.fullmatch(raw)
+    if match is None or int(match[1]) > BIGINT_MAX:
         msg = "invalid cursor: pass back a next_cursor from an earlier page"
         raise ValueError(msg)
-    return int(digits)
+    return int(match[1])
 
 
-Cursor = Annotated[int | None, BeforeValidator(_decode_cursor)]
+Cursor = Annotated[int | None, BeforeValidator(decode_cursor)]
 
 
 async def if_match_precondition(
@@ -80,14 +87,25 @@ def _note_response(row: NoteRow, *, status_code: int = 200) -> Response:
     return _json(_note_body(row), status_code=status_code, headers=headers)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=Note)
-async def create_note(note_in: NoteCreate, session: SessionDep) -> Response:
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Note,
+    responses=error_responses(400, 413, 503, created=True),
+)
+async def create_note(
+    note_in: NoteCreate, database: DatabaseDep, idempotency_key: IdempotencyDep
+) -> Response:
     """Create a note."""
-    row = await service.create_note(session=session, note_in=note_in)
-    return _note_response(row, status_code=status.HTTP_201_CREATED)
+
+    async def create(session: AsyncSession) -> Response:
+        row = await service.create_note(session=session, note_in=note_in)
+        return _note_response(row, status_code=status.HTTP_201_CREATED)
+
+    return await idempotency.run(database=database, request=idempotency_key, write=create)
 
 
-@router.get("", response_model=NotePage)
+@router.get("", response_model=NotePage, responses=error_responses(503))
 async def list_notes(
     database: DatabaseDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -102,42 +120,76 @@ async def list_notes(
     return _json({"items": [_note_body(row) for row in rows], "next_cursor": next_cursor})
 
 
-@router.get("/stats", response_model=NoteStats)
+@router.get("/stats", response_model=NoteStats, responses=error_responses(503))
 async def note_stats(database: DatabaseDep) -> NoteStats:
     """Count notes by state; the counts run concurrently on separate connections."""
     return await service.count_notes(database=database)
 
 
-@router.get("/{note_id}", response_model=Note)
+@router.get("/{note_id}", response_model=Note, responses=error_responses(404, 503, etag=True))
 async def get_note(note_id: NoteId, database: DatabaseDep) -> Response:
     """Read one note."""
     return _note_response(await service.get_note(database=database, note_id=note_id))
 
 
-@router.patch("/{note_id}", response_model=Note)
+@router.patch(
+    "/{note_id}",
+    response_model=Note,
+    responses=error_responses(400, 404, 412, 413, 503, etag=True),
+)
 async def update_note(
-    note_id: NoteId, changes: NoteUpdate, session: SessionDep, if_match: IfMatchDep
+    note_id: NoteId,
+    changes: NoteUpdate,
+    database: DatabaseDep,
+    if_match: IfMatchDep,
+    idempotency_key: IdempotencyDep,
 ) -> Response:
     """Change some fields of a note."""
-    row = await service.update_note(
-        session=session, note_id=note_id, changes=changes.changes(), if_match=if_match
-    )
-    return _note_response(row)
+
+    async def update(session: AsyncSession) -> Response:
+        row = await service.update_note(
+            session=session, note_id=note_id, changes=changes.changes(), if_match=if_match
+        )
+        return _note_response(row)
+
+    return await idempotency.run(database=database, request=idempotency_key, write=update)
 
 
-@router.put("/{note_id}", response_model=Note)
+@router.put(
+    "/{note_id}",
+    response_model=Note,
+    responses=error_responses(400, 404, 412, 413, 503, etag=True),
+)
 async def replace_note(
-    note_id: NoteId, note_in: NoteReplace, session: SessionDep, if_match: IfMatchDep
+    note_id: NoteId,
+    note_in: NoteReplace,
+    database: DatabaseDep,
+    if_match: IfMatchDep,
+    idempotency_key: IdempotencyDep,
 ) -> Response:
     """Replace every field of a note."""
-    row = await service.update_note(
-        session=session, note_id=note_id, changes=note_in.model_dump(), if_match=if_match
-    )
-    return _note_response(row)
+
+    async def replace(session: AsyncSession) -> Response:
+        row = await service.update_note(
+            session=session, note_id=note_id, changes=note_in.model_dump(), if_match=if_match
+        )
+        return _note_response(row)
+
+    return await idempotency.run(database=database, request=idempotency_key, write=replace)
 
 
-@router.delete("/{note_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_note(note_id: NoteId, session: SessionDep, if_match: IfMatchDep) -> Response:
+@router.delete(
+    "/{note_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=error_responses(404, 412, 503),
+)
+async def delete_note(
+    note_id: NoteId, database: DatabaseDep, if_match: IfMatchDep, idempotency_key: IdempotencyDep
+) -> Response:
     """Delete a note."""
-    await service.delete_note(session=session, note_id=note_id, if_match=if_match)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    async def delete(session: AsyncSession) -> Response:
+        await service.delete_note(session=session, note_id=note_id, if_match=if_match)
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+    return await idempotency.run(database=database, request=idempotency_key, write=delete)

@@ -1,4 +1,9 @@
-"""Queries of the notes domain; every function takes keyword-only arguments."""
+"""Queries of the notes domain; every function takes keyword-only arguments.
+
+Reads open their own autocommit connection; writes run on the caller's session, inside the
+transaction the caller opened (`service.idempotency.service.run`), so that an Idempotency-Key
+and its stored outcome commit together with the write.
+"""
 
 import asyncio
 import time
@@ -59,9 +64,8 @@ async def list_notes(
 
 async def create_note(*, session: AsyncSession, note_in: NoteCreate) -> NoteRow:
     """Insert a note; the database assigns id, version and timestamps."""
-    async with session.begin():
-        statement = insert(notes).values(note_in.model_dump()).returning(*_NOTE_COLUMNS)
-        return cast(NoteRow, (await session.execute(statement)).one())
+    statement = insert(notes).values(note_in.model_dump()).returning(*_NOTE_COLUMNS)
+    return cast(NoteRow, (await session.execute(statement)).one())
 
 
 async def update_note(
@@ -69,37 +73,35 @@ async def update_note(
 ) -> NoteRow:
     """Apply `changes` if the note exists and matches `if_match`; the version check and the
     write are one UPDATE, so of two writers holding the same ETag exactly one succeeds."""
-    async with session.begin():
-        if not changes:
-            row = (await session.execute(_SELECT_NOTE, {"note_id": note_id})).first()
-            if row is None:
-                raise NoteNotFoundError(note_id)
-            if if_match is not None and not if_match.matches(row.version):
-                raise NoteVersionMismatchError(note_id)
-            return cast(NoteRow, row)
-
-        statement = (
-            update(notes)
-            .where(notes.c.id == note_id, *_version_condition(if_match))
-            .values(changes)
-            .returning(*_NOTE_COLUMNS)
-        )
-        row = (await session.execute(statement)).first()
+    if not changes:
+        row = (await session.execute(_SELECT_NOTE, {"note_id": note_id})).first()
         if row is None:
-            raise await _missing_or_changed(session=session, note_id=note_id)
+            raise NoteNotFoundError(note_id)
+        if if_match is not None and not if_match.matches(row.version):
+            raise NoteVersionMismatchError(note_id)
         return cast(NoteRow, row)
+
+    statement = (
+        update(notes)
+        .where(notes.c.id == note_id, *_version_condition(if_match))
+        .values(changes)
+        .returning(*_NOTE_COLUMNS)
+    )
+    row = (await session.execute(statement)).first()
+    if row is None:
+        raise await _missing_or_changed(session=session, note_id=note_id)
+    return cast(NoteRow, row)
 
 
 async def delete_note(*, session: AsyncSession, note_id: int, if_match: IfMatch | None) -> None:
     """Delete the note if it exists and matches `if_match`."""
-    async with session.begin():
-        statement = (
-            delete(notes)
-            .where(notes.c.id == note_id, *_version_condition(if_match))
-            .returning(notes.c.id)
-        )
-        if (await session.execute(statement)).first() is None:
-            raise await _missing_or_changed(session=session, note_id=note_id)
+    statement = (
+        delete(notes)
+        .where(notes.c.id == note_id, *_version_condition(if_match))
+        .returning(notes.c.id)
+    )
+    if (await session.execute(statement)).first() is None:
+        raise await _missing_or_changed(session=session, note_id=note_id)
 
 
 async def count_notes(*, database: Database) -> NoteStats:

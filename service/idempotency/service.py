@@ -1,0 +1,180 @@
+"""Claiming a key, storing the outcome with the write, replaying it, and forgetting old keys.
+
+A write with a key runs in one transaction that first claims the key (an INSERT on its
+primary key), then writes, then stores the response beside the key. A concurrent request
+with the same key waits on that INSERT until the first transaction ends: if it committed,
+the second finds the stored outcome and replays it; if it rolled back (the write failed),
+the second claims the key and writes. So a key gives at most one committed write, whatever
+the timing, and a write that failed can be retried.
+"""
+
+import asyncio
+import hashlib
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, cast
+
+import orjson
+import structlog
+from fastapi import Response
+from sqlalchemy import CursorResult, Interval, Table, bindparam, delete, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db import Database
+from service.exceptions import UnprocessableRequestError
+from service.idempotency.models import IdempotencyKey
+
+logger = structlog.get_logger(__name__)
+
+keys = cast(Table, IdempotencyKey.__table__)
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+# The response headers a replay must repeat; the rest are per response (Server-Timing, ...).
+_STORED_HEADERS = ("content-type", "etag", "location")
+# Any constant bigint works; this one spells "idemkeys" in ASCII.
+_CLEANUP_LOCK_ID = 0x6964656D6B657973
+_CLEANUP_BATCH = 1000
+
+
+class IdempotencyKeyReusedError(UnprocessableRequestError):
+    """The key was first sent with another request: replaying that outcome would lie."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this Idempotency-Key was sent with a different request (method, path, "
+            "If-Match or body); use a new key for a new request",
+            loc=("header", "Idempotency-Key"),
+            type="idempotency_key_reused",
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotentRequest:
+    """A write the client marked with a key: the key, what the request was, and how long
+    the key is kept (seconds)."""
+
+    key: str
+    fingerprint: bytes
+    ttl: float
+
+
+def fingerprint(method: str, path: str, if_match: str | None, body: bytes) -> bytes:
+    """What identifies a request for its retries: SHA-256 of its method, path, If-Match
+    and body bytes."""
+    return hashlib.sha256(orjson.dumps([method, path, if_match, body.hex()])).digest()
+
+
+_expired = keys.c.created_at < func.now() - bindparam("ttl", type_=Interval)
+
+# Bound parameters may not share a column's name in INSERT and UPDATE: hence the prefixes.
+_CLAIM = (
+    insert(keys)
+    .values(key=bindparam("request_key"), fingerprint=bindparam("request_fingerprint"))
+    # An expired key is free again: take it over as if it were new.
+    .on_conflict_do_update(
+        index_elements=[keys.c.key],
+        set_={"fingerprint": bindparam("request_fingerprint"), "created_at": func.now()},
+        where=_expired,
+    )
+    .returning(keys.c.key)
+)
+_STORED = select(keys.c.fingerprint, keys.c.status, keys.c.headers, keys.c.body).where(
+    keys.c.key == bindparam("request_key")
+)
+_STORE = (
+    update(keys)
+    .where(keys.c.key == bindparam("request_key"))
+    .values(
+        status=bindparam("response_status"),
+        headers=bindparam("response_headers"),
+        body=bindparam("response_body"),
+    )
+)
+
+
+async def run(
+    *,
+    database: Database,
+    request: IdempotentRequest | None,
+    write: Callable[[AsyncSession], Awaitable[Response]],
+) -> Response:
+    """Run `write` in one transaction; with a key, at most once: a retry gets the first
+    response again, marked with `Idempotent-Replayed: true`."""
+    async with database.transaction() as session:
+        if request is None:
+            return await write(session)
+        params = {
+            "request_key": request.key,
+            "request_fingerprint": request.fingerprint,
+            "ttl": timedelta(seconds=request.ttl),
+        }
+        if (await session.execute(_CLAIM, params)).first() is None:
+            return await _replay(session=session, request=request)
+        response = await write(session)
+        headers = {
+            name: response.headers[name] for name in _STORED_HEADERS if name in response.headers
+        }
+        stored = {
+            "request_key": request.key,
+            "response_status": response.status_code,
+            "response_headers": headers,
+            "response_body": response.body,
+        }
+        await session.execute(_STORE, stored)
+        return response
+
+
+async def _replay(*, session: AsyncSession, request: IdempotentRequest) -> Response:
+    # The claim waited for any transaction holding the key, so what it stored is visible.
+    stored = (await session.execute(_STORED, {"request_key": request.key})).one()
+    if stored.fingerprint != request.fingerprint:
+        raise IdempotencyKeyReusedError
+    headers: dict[str, Any] = {**stored.headers, REPLAYED_HEADER: "true"}
+    return Response(content=stored.body, status_code=stored.status, headers=headers)
+
+
+async def delete_expired(*, database: Database, ttl: float) -> int:
+    """Delete keys older than `ttl` seconds, a batch per transaction; one worker at a time."""
+    deleted = 0
+    oldest = select(keys.c.key).where(_expired).order_by(keys.c.created_at).limit(_CLEANUP_BATCH)
+    while True:
+        async with database.transaction() as session:
+            locked = await session.scalar(select(func.pg_try_advisory_xact_lock(_CLEANUP_LOCK_ID)))
+            if not locked:
+                return deleted
+            statement = delete(keys).where(keys.c.key.in_(oldest.scalar_subquery()))
+            result = cast(
+                CursorResult[Any],
+                await session.execute(statement, {"ttl": timedelta(seconds=ttl)}),
+            )
+        deleted += result.rowcount
+        if result.rowcount < _CLEANUP_BATCH:
+            return deleted
+
+
+@asynccontextmanager
+async def expiring_keys(*, database: Database, ttl: float, interval: float) -> AsyncIterator[None]:
+    """For a worker's lifetime, delete expired keys every `interval` seconds (with jitter, so
+    the workers do not all try at once; the advisory lock lets one of them run at a time)."""
+
+    async def delete_forever() -> None:
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
+            try:
+                deleted = await delete_expired(database=database, ttl=ttl)
+            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+                logger.warning("idempotency_cleanup_failed", error=type(exc).__name__)
+                continue
+            if deleted:
+                logger.info("idempotency_keys_expired", deleted=deleted)
+
+    cleaner = asyncio.create_task(delete_forever())
+    try:
+        yield
+    finally:
+        cleaner.cancel()

@@ -4,10 +4,18 @@ Each user works on the notes it created itself, so nothing 404s or 412s by accid
 id and list pages dominate, with creates, updates under If-Match, deletes and stats beside
 them. A response with the wrong status or shape counts as a failure, never as a success.
 
+Every write carries an Idempotency-Key and is retried with the same key (and body) after an
+answer that leaves its fate unknown (no answer, 502, 503, 504): the retry returns the first
+outcome if the write had committed, so a retried POST never creates a second note. Each
+attempt is recorded as what it was: a 502 is a failure, its retry is listed as "(retry)".
+
     locust -f loadtest/locustfile.py --headless -H http://127.0.0.1:8080 -u 50 -r 10 -t 30s
 """
 
 import random
+import time
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from locust import FastHttpUser, between, task
@@ -15,6 +23,14 @@ from locust.contrib.fasthttp import ResponseContextManager
 
 NOTE_FIELDS = {"id", "text", "completed", "created_at", "updated_at"}
 SEED_NOTES = 5
+# Answers after which a write may or may not have happened; 0 is "no answer" in Locust.
+RETRYABLE = {0, 502, 503, 504}
+WRITE_ATTEMPTS = 4
+
+
+def _header(response: ResponseContextManager, name: str) -> str:
+    headers = response.headers
+    return str(headers.get(name) or "") if headers is not None else ""
 
 
 def _note_ok(body: Any) -> bool:
@@ -45,22 +61,46 @@ class NotesUser(FastHttpUser):
             response.failure("response body is not JSON")
             return None
 
+    def _write(
+        self,
+        method: str,
+        path: str,
+        name: str,
+        status: int,
+        check: Callable[[ResponseContextManager, Any], None],
+        **kwargs: Any,
+    ) -> None:
+        """Send a write with an Idempotency-Key, retried with it while its fate is unknown;
+        `check` judges the final answer (with its JSON body) while it can still fail it."""
+        headers = {**kwargs.pop("headers", {}), "Idempotency-Key": uuid.uuid4().hex}
+        for attempt in range(WRITE_ATTEMPTS):
+            label = name if attempt == 0 else f"{name} (retry)"
+            with self.client.request(
+                method, path, name=label, headers=headers, catch_response=True, **kwargs
+            ) as response:
+                if response.status_code in RETRYABLE and attempt + 1 < WRITE_ATTEMPTS:
+                    response.failure(f"{response.status_code}: retried with the same key")
+                else:
+                    body = self._expect(response, status)
+                    if body is not None or status == 204:
+                        check(response, body)
+                    return
+            time.sleep(0.1 * 2**attempt)
+
     @task(10)
     def create_note(self) -> None:
         """POST a note; 201 with the note, its Location and ETag."""
         text = f"note {random.randrange(10**9)}"  # noqa: S311 (test data)
-        with self.client.post(
-            "/api/v1/notes", json={"text": text}, name="/api/v1/notes", catch_response=True
-        ) as response:
-            body = self._expect(response, 201)
-            if body is None:
-                return
+
+        def check(response: ResponseContextManager, body: Any) -> None:
             if not _note_ok(body) or body["text"] != text:
                 response.failure(f"unexpected note: {body}")
-            elif response.headers.get("Location") != f"/api/v1/notes/{body['id']}":
+            elif _header(response, "Location") != f"/api/v1/notes/{body['id']}":
                 response.failure("missing or wrong Location")
             else:
-                self.notes[body["id"]] = response.headers.get("ETag", "")
+                self.notes[body["id"]] = _header(response, "ETag")
+
+        self._write("POST", "/api/v1/notes", "/api/v1/notes", 201, check, json={"text": text})
 
     @task(50)
     def read_note(self) -> None:
@@ -106,19 +146,23 @@ class NotesUser(FastHttpUser):
         if not self.notes:
             return
         note_id = random.choice(list(self.notes))  # noqa: S311
-        with self.client.patch(
+
+        def check(response: ResponseContextManager, body: Any) -> None:
+            etag = _header(response, "ETag")
+            if not _note_ok(body) or not etag:
+                response.failure("PATCH without a note or a new ETag")
+            else:
+                self.notes[note_id] = etag
+
+        self._write(
+            "PATCH",
             f"/api/v1/notes/{note_id}",
+            "/api/v1/notes/{note_id} PATCH",
+            200,
+            check,
             json={"completed": random.random() < 0.5},  # noqa: S311
             headers={"If-Match": self.notes[note_id]},
-            name="/api/v1/notes/{note_id} PATCH",
-            catch_response=True,
-        ) as response:
-            body = self._expect(response, 200)
-            etag = response.headers.get("ETag")
-            if body is not None and (not _note_ok(body) or not etag):
-                response.failure("PATCH without a note or a new ETag")
-            elif etag:
-                self.notes[note_id] = etag
+        )
 
     @task(3)
     def delete_note(self) -> None:
@@ -127,13 +171,14 @@ class NotesUser(FastHttpUser):
             return
         note_id = random.choice(list(self.notes))  # noqa: S311
         etag = self.notes.pop(note_id)
-        with self.client.delete(
+        self._write(
+            "DELETE",
             f"/api/v1/notes/{note_id}",
+            "/api/v1/notes/{note_id} DELETE",
+            204,
+            lambda response, body: None,
             headers={"If-Match": etag},
-            name="/api/v1/notes/{note_id} DELETE",
-            catch_response=True,
-        ) as response:
-            self._expect(response, 204)
+        )
 
     @task(4)
     def stats(self) -> None:

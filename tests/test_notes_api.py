@@ -390,3 +390,26 @@ def test_route_resolution_keeps_the_routers_order() -> None:
     assert resolve("DELETE", "/items/7") == "/items/{item_id}"  # 405, same route
     assert resolve("POST", "/other/plain") == "/other/plain"
     assert resolve("GET", "/elsewhere") == "<unmatched>"
+
+
+async def test_openapi_lists_every_status_each_operation_answers(
+    client: httpx.AsyncClient,
+) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    expected = {
+        ("post", NOTES): {"201", "400", "413", "422", "503"},
+        ("get", NOTES): {"200", "422", "503"},
+        ("get", f"{NOTES}/stats"): {"200", "503"},
+        ("get", f"{NOTES}/{{note_id}}"): {"200", "404", "422", "503"},
+        ("patch", f"{NOTES}/{{note_id}}"): {"200", "400", "404", "412", "413", "422", "503"},
+        ("put", f"{NOTES}/{{note_id}}"): {"200", "400", "404", "412", "413", "422", "503"},
+        ("delete", f"{NOTES}/{{note_id}}"): {"204", "404", "412", "422", "503"},
+    }
+    for (method, path), statuses in expected.items():
+        responses = paths[path][method]["responses"]
+        assert set(responses) == statuses, (method, path)
+        assert "Retry-After" in responses["503"]["headers"]
+    writes = [("post", NOTES)] + [(m, f"{NOTES}/{{note_id}}") for m in ("patch", "put", "delete")]
+    for method, path in writes:
+        parameters = {parameter["name"] for parameter in paths[path][method]["parameters"]}
+        assert "idempotency-key" in parameters, (method, path)

@@ -1,6 +1,7 @@
 """The whole stack, end to end: nginx → gunicorn (several uvicorn workers) → PostgreSQL."""
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -137,6 +138,36 @@ async def test_metrics_are_not_public_and_large_bodies_are_refused(stack: Stack)
     assert large.status_code == 413
     assert stub.status_code == 200
     assert "Active connections" in stub.text
+
+
+def _raw_request(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are and read the whole answer (nginx closes after an error)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", 400),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 9000 + b"\r\n\r\n", 400),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"NONSENSE\r\n\r\n", 400),
+    ],
+    ids=["malformed-header", "header-too-large", "uri-too-long", "malformed-request-line"],
+)
+def test_nginx_refusals_are_json(stack: Stack, request_bytes: bytes, status: int) -> None:
+    answered, headers, body = _raw_request(stack.http_port, request_bytes)
+    assert answered == status
+    assert headers["content-type"] == "application/json"
+    assert "detail" in json.loads(body)
 
 
 def test_rendered_nginx_config_passes_nginx_t(stack: Stack) -> None:

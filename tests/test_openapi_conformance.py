@@ -1,0 +1,58 @@
+"""The API keeps its own OpenAPI: schemathesis drives every operation through nginx to the
+real workers, with valid and with invalid input, and finds no 5xx, no status the document
+does not list, and no response that breaks its schema."""
+
+from collections import Counter
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.stack import Stack
+
+pytestmark = pytest.mark.stack
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+EXAMPLES = 60
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_every_operation_keeps_its_openapi(stack: Stack, mode: GenerationMode) -> None:
+    schema = schemathesis.openapi.from_url(f"{stack.url}/openapi.json")
+    statuses: Counter[tuple[str, int]] = Counter()
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) >= 9
+    if mode is GenerationMode.NEGATIVE:
+        # Invalid input needs some input: a request with neither parameters nor body is valid.
+        operations = [
+            operation
+            for operation in operations
+            if {"parameters", "requestBody"} & set(operation.definition.raw)
+        ]
+
+    for operation in operations:
+
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+        def keeps_its_openapi(case: schemathesis.Case) -> None:
+            response = case.call_and_validate(checks=CHECKS)
+            statuses[operation.label, response.status_code] += 1
+
+        keeps_its_openapi()
+
+    assert sum(statuses.values()) >= len(operations) * 10, statuses
+    assert not [status for (_, status) in statuses if status >= 500]

@@ -153,6 +153,7 @@ async def test_every_acknowledged_write_survives_a_crash_of_the_database(
         note_id: text for note_id, text in load.acknowledged.items() if found.get(note_id) != text
     }
     assert not lost, f"{len(lost)} of {len(load.acknowledged)} acknowledged notes were lost"
+    print(f"crash: {len(load.acknowledged)} writes acknowledged, all found; {dict(statuses)}")
     # No id that a client was given is handed out again.
     async with httpx.AsyncClient(base_url=fault_stack.url) as client:
         after = await client.post(NOTES, json={"text": "after the crash"})
@@ -188,6 +189,7 @@ async def test_a_database_outage_gives_fast_503s_and_heals_without_a_restart(
     assert {answer.status for answer in healed} <= {200, 201}, Counter(a.status for a in healed)
     assert fault_stack.master_pid() == master
     assert fault_stack.worker_pids() == workers
+    print(f"outage: slowest answer {slowest:.2f}s; {dict(statuses)}")
 
 
 # --- 5. one deadline for the whole request ---------------------------------------------------
@@ -239,7 +241,10 @@ async def test_a_locked_table_is_answered_within_the_deadline(fault_stack: Stack
     assert {answer.status for answer in after} <= {200, 201}
     assert probes
     assert {status for status, _ in probes} == {200}
-    assert max(seconds for _, seconds in probes) < 0.5
+    # Far below the deadline: liveness never waits on the database.
+    assert max(seconds for _, seconds in probes) < 1
+    slowest = max(answer.seconds for answer in load.answers)
+    print(f"lock: {len(load.answers)} answers, slowest {slowest:.2f}s; {dict(statuses)}")
 
 
 # --- 3. a 500 does not break the next request on its connection ---------------------------

@@ -5,6 +5,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from hypothesis import settings
 from sqlalchemy.engine import URL
 
 from tests.apps import app_client
@@ -13,6 +14,12 @@ from tests.stack import Stack, running_stack
 
 # The load tests send thousands of requests; httpx would log a line for each.
 logging.getLogger("httpx").setLevel(logging.WARNING)
+
+# The same examples on every run, so that a submission is never refused by chance; a search
+# for new failures runs with --hypothesis-profile=explore (new random examples each run).
+settings.register_profile("repeatable", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile("repeatable")
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,9 @@ class Stack:
 def read_json_lines(path: Path) -> list[dict[str, object]]:
     """Parse a JSON-lines file; a line that is not JSON fails the test."""
     lines = []
-    for number, raw in enumerate(path.read_text().splitlines(), start=1):
+    # JSON Lines ends a line at "\n" only: a path holding U+0085 or U+2028 is valid JSON that
+    # str.splitlines() would cut in two.
+    for number, raw in enumerate(path.read_text().split("\n"), start=1):
         if raw.strip():
             try:
                 lines.append(json.loads(raw))

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from pydantic import BeforeValidator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import DatabaseDep
+from service.db import Database, DatabaseDep
 from service.idempotency import service as idempotency
 from service.idempotency.dependencies import IdempotencyDep
+from service.idempotency.service import IdempotentRequest
 from service.models import BIGINT_MAX, BIGINT_MIN
 from service.notes import service
 from service.notes.etag import IfMatch, etag_for, parse_if_match
@@ -145,14 +146,13 @@ async def update_note(
     idempotency_key: IdempotencyDep,
 ) -> Response:
     """Change some fields of a note."""
-
-    async def update(session: AsyncSession) -> Response:
-        row = await service.update_note(
-            session=session, note_id=note_id, changes=changes.changes(), if_match=if_match
-        )
-        return _note_response(row)
-
-    return await idempotency.run(database=database, request=idempotency_key, write=update)
+    return await _update(
+        database=database,
+        idempotency_key=idempotency_key,
+        note_id=note_id,
+        changes=changes.changes(),
+        if_match=if_match,
+    )
 
 
 @router.put(
@@ -168,14 +168,30 @@ async def replace_note(
     idempotency_key: IdempotencyDep,
 ) -> Response:
     """Replace every field of a note."""
+    return await _update(
+        database=database,
+        idempotency_key=idempotency_key,
+        note_id=note_id,
+        changes=note_in.model_dump(),
+        if_match=if_match,
+    )
 
-    async def replace(session: AsyncSession) -> Response:
+
+async def _update(
+    *,
+    database: Database,
+    idempotency_key: IdempotentRequest | None,
+    note_id: int,
+    changes: dict[str, Any],
+    if_match: IfMatch | None,
+) -> Response:
+    async def update(session: AsyncSession) -> Response:
         row = await service.update_note(
-            session=session, note_id=note_id, changes=note_in.model_dump(), if_match=if_match
+            session=session, note_id=note_id, changes=changes, if_match=if_match
         )
         return _note_response(row)
 
-    return await idempotency.run(database=database, request=idempotency_key, write=replace)
+    return await idempotency.run(database=database, request=idempotency_key, write=update)
 
 
 @router.delete(

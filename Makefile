@@ -32,14 +32,14 @@ test: install deps ## Run the whole test suite against a real PostgreSQL
 lint: install ## Check formatting, lint (ruff) and types (mypy --strict)
 	$(RUN) ruff format --check .
 	$(RUN) ruff check .
-	$(RUN) mypy service migrations tests loadtest deploy/native/stack.py deploy/grafana/dashboard.py gunicorn.conf.py
+	$(RUN) mypy service migrations tests loadtest deploy gunicorn.conf.py
 
 .PHONY: format
 format: install ## Format the code and apply safe lint fixes
 	$(RUN) ruff format .
 	$(RUN) ruff check --fix .
 
-STACK := $(RUN) python deploy/native/stack.py
+STACK := $(RUN) python -m deploy.native
 WORKERS ?=
 
 .PHONY: up
@@ -100,7 +100,7 @@ migrate: install ## Upgrade the database (DATABASE_URL) to head, under an adviso
 
 .PHONY: dev
 dev: install ## Run one uvicorn process with auto-reload on 127.0.0.1:8000 (development)
-	$(RUN) uvicorn service.main:app --reload --host 127.0.0.1 --port 8000
+	$(RUN) uvicorn --factory service.main:create_app --reload --host 127.0.0.1 --port 8000
 
 .PHONY: all
 all: lint test ## Everything CI runs: lint, then the tests

@@ -11,6 +11,7 @@ import argparse
 import csv
 import ipaddress
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -67,9 +68,9 @@ def loopback_only(host: str) -> str:
     return host
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _children_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_locust(
@@ -86,14 +87,10 @@ def run_locust(
     ]  # fmt: skip
     with (out_dir / f"{tag}-locust.log").open("wb") as log:
         started = time.monotonic()
-        process = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        cpu = 0.0
-        while process.poll() is None:
-            try:
-                cpu = _cpu_seconds(process.pid)
-            except OSError:
-                break
-            time.sleep(0.5)
+        # Locust's CPU, all its processes included, once they have been waited for.
+        cpu_before = _children_cpu_seconds()
+        process = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
+        cpu = _children_cpu_seconds() - cpu_before
         elapsed = time.monotonic() - started
     if process.returncode not in (0, 1):  # 1: Locust saw failed requests
         msg = f"locust exited with {process.returncode}; see {out_dir / f'{tag}-locust.log'}"

@@ -12,20 +12,21 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from deploy.native.stack import Layout, children, read_pid
-from loadtest.run import LOCUST_CPU_LIMIT, RESULTS, ROOT, RunResult, loopback_only, run_locust
-from loadtest.run import timestamp as make_timestamp
-from service.capacity import usable_cpus
+import psutil
 
-STACK = ROOT / "deploy" / "native" / "stack.py"
+from deploy.native import gunicorn
+from deploy.native.processes import StackError, children
+from deploy.native.state import Stack
+from loadtest.run import LOCUST_CPU_LIMIT, RESULTS, RunResult, loopback_only, run_locust
+from loadtest.run import timestamp as make_timestamp
+from service.runtime.capacity import usable_cpus
+
 # "Within a few percent of the best" (run-to-run noise on a shared 2-core machine is ~3%).
 NEAR_BEST = 0.95
 CPU_BOUND = 0.85  # mean CPU share of a worker above which workers are the bottleneck
@@ -111,25 +112,24 @@ def observe(prometheus: str, start: float, end: float, workers: int) -> dict[str
     return seen
 
 
-def _busy_and_total_jiffies() -> tuple[int, int]:
-    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
+def _busy_and_total_cpu_seconds() -> tuple[float, float]:
+    times = psutil.cpu_times()
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    total = sum(times)
+    return total - idle, total
 
 
 def scale(workers: int) -> None:
     """Scale the running stack live (after its connection budget check)."""
-    result = subprocess.run(
-        [sys.executable, str(STACK), "scale", str(workers)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    if result.returncode != 0:
-        raise SystemExit(f"sweep: cannot scale to {workers}: {result.stderr.strip()}")
+    try:
+        gunicorn.scale(Stack.from_environment(), workers)
+    except StackError as exc:
+        raise SystemExit(f"sweep: cannot scale to {workers}: {exc}") from None
 
 
 def current_workers() -> int:
     """The worker count of the running stack."""
-    master = read_pid(Layout.from_env().gunicorn_pidfile)
+    master = gunicorn.master(Stack.from_environment())
     if master is None:
         raise SystemExit("sweep: the stack is not running: make up first")
     return len(children(master))
@@ -178,12 +178,13 @@ def _bottleneck(chosen: Step, steps: list[Step]) -> str:
 
 
 def budget_line(workers: int) -> str:
-    """The connection budget check for `workers`, as service.capacity prints it."""
-    result = subprocess.run(
-        [sys.executable, "-m", "service.capacity", "check", "--workers", str(workers)],
-        cwd=ROOT, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    return (result.stdout or result.stderr).strip()
+    """The connection budget check for `workers`, in one line."""
+    try:
+        return (
+            f"connection budget ok: {gunicorn.budget(Stack.from_environment(), workers).describe()}"
+        )
+    except StackError as exc:
+        return str(exc)
 
 
 def write_charts(steps: list[Step], out_dir: Path) -> None:
@@ -251,12 +252,12 @@ def measure(args: argparse.Namespace, workers: int, out_dir: Path, prefix: str) 
         )  # fmt: skip
     print(f"{prefix} measuring for {args.run_time}s", flush=True)
     start = time.time()
-    busy_before, total_before = _busy_and_total_jiffies()
+    busy_before, total_before = _busy_and_total_cpu_seconds()
     result: RunResult = run_locust(
         host=args.host, users=args.users, spawn_rate=args.users,
         seconds=args.run_time, out_dir=out_dir, tag=f"workers-{workers}",
     )  # fmt: skip
-    busy_after, total_after = _busy_and_total_jiffies()
+    busy_after, total_after = _busy_and_total_cpu_seconds()
     end = time.time()
     time.sleep(6)  # let Prometheus take the scrape that closes the window
     seen = observe(args.prometheus, start, end, workers)

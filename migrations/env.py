@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from service.config import get_settings
+from service.database.models import Base
 from service.idempotency import models as _idempotency_models  # noqa: F401  (registers its table)
-from service.models import Base
 from service.notes import models as _notes_models  # noqa: F401  (registers the notes table)
 
 # Any constant bigint works; this one spells "notesmig" in ASCII.

@@ -1,53 +1,113 @@
-"""Typed settings, read once from the environment and validated at start."""
+"""Every knob of the stack, declared once: typed, with its default and the reason for it.
+
+`Settings` is what the app reads in each worker, `GunicornSettings` what gunicorn.conf.py
+reads in the master, `StackSettings` what the native runner reads, and `ComposeSettings` what
+only docker-compose.yml reads. Each field comes from the upper-case environment variable of
+its name (`db_pool_size` from `DB_POOL_SIZE`). `docs/settings.md` and `.env.example` are
+generated from these declarations (`python -m deploy.settings_docs`), never written by hand.
+"""
 
 from functools import lru_cache
-from typing import Annotated, Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 from pydantic import Field, PostgresDsn, ValidationError, field_validator, model_validator
+from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogFormat = Literal["json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Environment = Literal["development", "test", "production"]
 
+ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:55432/notes"
 
 
+def setting(
+    default: Any,
+    why: str,
+    *,
+    example: str | None = None,
+    per_deployment: bool = True,
+    **limits: Any,
+) -> Any:
+    """A field with its one-line reason. `.env.example` lists it with `example` (else its
+    default) unless it is not `per_deployment`: set by the image or the runner instead."""
+    extra: JsonDict = {"per_deployment": per_deployment, "env_example": example}
+    return Field(default, description=why, json_schema_extra=extra, **limits)
+
+
 class ConfigurationError(RuntimeError):
-    """The environment holds a value the service cannot run with."""
+    """The environment holds a value the stack cannot run with."""
 
 
-class Settings(BaseSettings):
-    """Everything the service reads from its environment.
+class _FromEnvironment(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
-    Each field is read from the upper-case variable of the same name (`db_pool_size` from
-    `DB_POOL_SIZE`). The pool numbers are per worker process: the whole deployment opens up to
+
+class Settings(_FromEnvironment):
+    """The app, in every worker process.
+
+    The pool numbers are per worker: the whole deployment opens up to
     workers x (db_pool_size + db_max_overflow) connections.
     """
 
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
-
-    environment: Environment = "development"
-    database_url: PostgresDsn = Field(default=PostgresDsn(DEFAULT_DATABASE_URL))
-
-    db_pool_size: Annotated[int, Field(ge=1, le=1000)] = 5
-    db_max_overflow: Annotated[int, Field(ge=0, le=1000)] = 0
-    db_pool_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0
-    db_pool_recycle: Annotated[float, Field(ge=-1)] = 1800.0
-    db_pool_pre_ping: bool = False
-    db_connect_timeout: Annotated[float, Field(gt=0, le=300)] = 5.0
-    db_statement_timeout: Annotated[float, Field(ge=0, le=3600)] = 10.0
-    # One budget for a whole request, pool wait and statements together; below nginx's
-    # proxy_read_timeout (60 s), so the client always gets the app's 503, never nginx's 504.
-    request_timeout: Annotated[float, Field(gt=0, lt=60)] = 10.0
-
-    # How long a POST's Idempotency-Key and its stored outcome are kept for a retry, and how
-    # often a worker deletes the expired ones.
-    idempotency_key_ttl: Annotated[float, Field(gt=0)] = 86_400.0
-    idempotency_cleanup_interval: Annotated[float, Field(gt=0)] = 600.0
-
-    log_level: LogLevel = "INFO"
-    log_format: LogFormat = "json"
+    environment: Environment = setting(
+        "development",
+        "`production` hides /docs and refuses the built-in development DATABASE_URL",
+        example="production",
+    )
+    database_url: PostgresDsn = setting(
+        PostgresDsn(DEFAULT_DATABASE_URL),
+        "must use the asyncpg driver; the default is `make up`'s private cluster",
+        example="postgresql+asyncpg://notes:change-me@db:5432/notes",
+    )
+    db_pool_size: int = setting(5, "connections each worker keeps open", ge=1, le=1000)
+    db_max_overflow: int = setting(
+        0,
+        "extra connections a worker may open in a burst; closed when returned, so under "
+        "steady load they churn: raise the pool size instead",
+        ge=0,
+        le=1000,
+    )
+    db_pool_timeout: float = setting(
+        10.0, "seconds a request waits for a connection before 503", gt=0, le=300
+    )
+    db_pool_recycle: float = setting(
+        1800.0, "seconds after which a connection is replaced (-1: never)", ge=-1
+    )
+    db_pool_pre_ping: bool = setting(
+        False,
+        "test each connection on checkout (a round trip per request); a connection lost to a "
+        "database restart already invalidates the pool on first use",
+    )
+    db_connect_timeout: float = setting(
+        5.0, "seconds to open a connection; also bounds /readyz", gt=0, le=300
+    )
+    db_statement_timeout: float = setting(
+        10.0,
+        "seconds any statement may run (PostgreSQL statement_timeout; 0: no limit): the "
+        "server's own backstop beside REQUEST_TIMEOUT",
+        ge=0,
+        le=3600,
+    )
+    request_timeout: float = setting(
+        10.0,
+        "seconds a whole request may take, pool wait and statements together, before it is "
+        "cancelled and answered 503; below nginx's proxy_read_timeout (60 s)",
+        gt=0,
+        lt=60,
+    )
+    idempotency_key_ttl: float = setting(
+        86_400.0, "seconds a write's Idempotency-Key and its response are kept for retries", gt=0
+    )
+    idempotency_cleanup_interval: float = setting(
+        600.0, "seconds between a worker's deletions of expired keys (jittered by ±50%)", gt=0
+    )
+    log_level: LogLevel = setting("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    log_format: LogFormat = setting(
+        "json", "`json` (one object per line) or `console` (coloured, for a person)"
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -74,24 +134,160 @@ class Settings(BaseSettings):
         """The database URL as SQLAlchemy takes it."""
         return str(self.database_url)
 
+    @property
+    def database_url_is_explicit(self) -> bool:
+        """Whether DATABASE_URL was set, rather than left to the private cluster's default."""
+        return "database_url" in self.model_fields_set
 
-def load_settings(**overrides: object) -> Settings:
-    """Read the settings, turning a validation error into one message naming each variable."""
+
+class RunDirSettings(_FromEnvironment):
+    """The run directory, read by gunicorn and the native runner.
+
+    Its layout is `service.runtime.layout`.
+    """
+
+    run_dir: Path = setting(
+        ROOT / ".run",
+        "sockets, pid files, logs, metrics and the private cluster of one stack; the tests "
+        "run whole stacks side by side in their own",
+        per_deployment=False,
+    )
+
+
+class GunicornSettings(RunDirSettings):
+    """gunicorn, in the master (gunicorn.conf.py)."""
+
+    web_concurrency: int | None = setting(
+        None,
+        "worker processes; unset: one per usable CPU (affinity and cgroup quota), at least 2, "
+        "so a recycling worker never leaves the socket without an acceptor",
+        example="4",
+        ge=1,
+    )
+    gunicorn_app: str = setting(
+        "service.main:create_app()",
+        "the ASGI app factory gunicorn calls; the fault tests serve the app plus a failing route",
+        per_deployment=False,
+    )
+    gunicorn_bind: str | None = setting(
+        None,
+        "unset: a unix socket in RUN_DIR, which only nginx on this host reaches; the image "
+        "binds 0.0.0.0:8000",
+        per_deployment=False,
+    )
+    forwarded_allow_ips: str | None = setting(
+        None,
+        "whose X-Forwarded-For to trust; unset: `*` on a unix socket (its peer has no address, "
+        "and only nginx reaches it), else 127.0.0.1",
+        per_deployment=False,
+    )
+    gunicorn_keepalive: int = setting(
+        75,
+        "seconds an idle connection stays open; above nginx's upstream keepalive_timeout "
+        "(5 s), so nginx always closes first and never writes into a closing connection",
+        ge=1,
+    )
+    gunicorn_graceful_timeout: int = setting(
+        30,
+        "seconds a stopping worker has to finish its requests; keep it below the container's "
+        "stop_grace_period (35 s)",
+        ge=1,
+    )
+    gunicorn_timeout: int = setting(
+        60, "seconds without a heartbeat before a stuck worker is killed and replaced", ge=1
+    )
+    gunicorn_max_requests: int = setting(
+        200_000,
+        "requests after which a worker is recycled, to bound slow leaks; at 20,000 a one-worker "
+        "stack at ~1,000 req/s stalled every 20 s (a worker takes a second to start)",
+        ge=0,
+    )
+    gunicorn_max_requests_jitter: int = setting(
+        20_000, "random extra requests, so that workers do not recycle together", ge=0
+    )
+
+
+class StackSettings(RunDirSettings):
+    """The native runner's ports (`make up` without Docker).
+
+    HTTP_PORT and PROMETHEUS_PORT are the published host ports in compose too.
+    """
+
+    http_port: int = setting(8080, "nginx's public server on 127.0.0.1", ge=1, le=65535)
+    ops_port: int = setting(
+        8081,
+        "nginx's ops server (/metrics, /stub_status), 127.0.0.1 only",
+        per_deployment=False,
+        ge=1,
+        le=65535,
+    )
+    postgres_port: int = setting(
+        55432,
+        "the private cluster's port, when DATABASE_URL is not set",
+        per_deployment=False,
+        ge=1,
+        le=65535,
+    )
+    prometheus_port: int = setting(9090, "Prometheus on 127.0.0.1", ge=1, le=65535)
+    nginx_exporter_port: int = setting(
+        9113,
+        "the nginx exporter on 127.0.0.1 (stub_status as metrics)",
+        per_deployment=False,
+        ge=1,
+        le=65535,
+    )
+
+
+class ComposeSettings(_FromEnvironment):
+    """Docker Compose only: the database's first start and Grafana."""
+
+    postgres_user: str = setting("notes", "the database's owner, made on the first start")
+    postgres_password: str = setting(
+        "change-me", "its password: replace before the first start", example="change-me"
+    )
+    postgres_db: str = setting("notes", "the database made on the first start")
+    grafana_port: int = setting(3000, "Grafana on 127.0.0.1", ge=1, le=65535)
+    grafana_admin_user: str = setting("admin", "Grafana's first admin account")
+    grafana_admin_password: str = setting(
+        "change-me", "its password: replace before the first start", example="change-me"
+    )
+
+
+SettingsT = TypeVar("SettingsT", bound=BaseSettings)
+
+
+def load(cls: type[SettingsT], **overrides: object) -> SettingsT:
+    """Read `cls` from the environment, turning a validation error into one message naming
+    each variable (and never echoing a URL, which may hold a password)."""
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        return cls(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
             variable = "_".join(str(part) for part in error["loc"]).upper() or "settings"
             value = error.get("input")
-            # A database URL may carry a password: name the variable, never echo its value.
-            secret = variable.endswith("_URL")
+            secret = variable.endswith(("_URL", "_PASSWORD"))
             shown = "" if secret or isinstance(value, dict) else f"={value!r}"
             problems.append(f"{variable}{shown}: {error['msg']}")
         raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
 
 
+def load_settings(**overrides: object) -> Settings:
+    """The app's settings, with `overrides` taking the place of environment variables."""
+    return load(Settings, **overrides)
+
+
 @lru_cache
 def get_settings() -> Settings:
-    """The process-wide settings, read on first use."""
+    """The process-wide app settings, read on first use."""
     return load_settings()
+
+
+# In the order the generated docs list them; each class's own fields only.
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    Settings,
+    GunicornSettings,
+    RunDirSettings,
+    StackSettings,
+    ComposeSettings,
+)

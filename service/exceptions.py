@@ -1,6 +1,6 @@
 """Domain error bases: what went wrong, in words every domain shares.
 
-Domains raise subclasses of these; `service.errors` maps each base to its HTTP answer, so no
+Domains raise subclasses of these; `service.http.errors` maps each base to its HTTP answer, so no
 domain imports FastAPI and the mapping never imports a domain.
 """
 

@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
 
-from service.db import DatabaseDep
+from service.database.connections import DatabaseDep
 
 VERSIONS_DIR = Path(__file__).resolve().parent.parent / "migrations" / "versions"
 

@@ -1,4 +1,8 @@
-"""The ASGI application: `create_app()` builds it, `app` is what servers import."""
+"""The ASGI application, built by the factory `create_app()` that servers call.
+
+Importing this module reads no setting and opens no socket: gunicorn serves
+`service.main:create_app()`, uvicorn `--factory service.main:create_app`.
+"""
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -8,16 +12,17 @@ import structlog
 from fastapi import FastAPI
 from starlette.routing import BaseRoute
 
-from service import health, metrics
+from service import health
 from service.config import Settings, get_settings
-from service.db import create_database
-from service.errors import register_error_handlers
-from service.failures import RequestGuardMiddleware
+from service.database.connections import create_database
+from service.http.errors import register_error_handlers
+from service.http.guard import RequestGuardMiddleware
 from service.idempotency import service as idempotency
-from service.logging import configure_logging
 from service.notes.router import router as notes_router
-from service.observability import ObservabilityMiddleware
-from service.timing import ServerTimingMiddleware
+from service.observability import metrics
+from service.observability.logging import configure_logging
+from service.observability.middleware import ObservabilityMiddleware
+from service.observability.timing import ServerTimingMiddleware
 
 logger = structlog.get_logger(__name__)
 
@@ -81,6 +86,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Added last, so outermost: the metrics and the access line cover the whole request.
     app.add_middleware(ObservabilityMiddleware, routes=route_table(app))
     return app
-
-
-app = create_app()

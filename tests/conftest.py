@@ -22,6 +22,18 @@ settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile("repeatable")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by what it needs, from the fixtures it uses, so the tiers cannot drift:
+    `database` (a PostgreSQL server), `stack` (nginx, gunicorn and the rest, started).
+    `make test-fast` runs what needs neither."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if any(name.endswith("stack") for name in fixtures):
+            item.add_marker(pytest.mark.stack)
+        if "pg_server" in fixtures or item.get_closest_marker("stack"):
+            item.add_marker(pytest.mark.database)
+
+
 @pytest.fixture(scope="session")
 def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[URL]:
     """The PostgreSQL server of this run (maintenance database)."""

@@ -1,4 +1,4 @@
-"""The real stack for end-to-end tests: started with deploy/native/stack.py, driven by load."""
+"""The real stack for end-to-end tests: started with `python -m deploy.native`, driven by load."""
 
 import asyncio
 import json
@@ -19,10 +19,9 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import URL, make_url
 
-from deploy.native.stack import children
+from deploy.native.processes import children
+from service.runtime.layout import RunLayout
 from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port
-
-STACK = ROOT / "deploy" / "native" / "stack.py"
 
 
 @dataclass
@@ -49,9 +48,9 @@ class Stack:
         return f"http://127.0.0.1:{self.prometheus_port}"
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """Run a stack.py command against this stack."""
+        """Run a `python -m deploy.native` command against this stack."""
         result = subprocess.run(
-            [sys.executable, str(STACK), *args],
+            [sys.executable, "-m", "deploy.native", *args],
             cwd=ROOT,
             env=self.env,
             capture_output=True,
@@ -60,7 +59,7 @@ class Stack:
             check=False,
         )
         if check and result.returncode != 0:
-            msg = f"stack.py {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
+            msg = f"deploy.native {' '.join(args)} failed:\n{result.stdout}{result.stderr}"
             raise AssertionError(msg)
         return result
 
@@ -68,15 +67,20 @@ class Stack:
         """`run` without blocking the event loop (load keeps flowing meanwhile)."""
         return await asyncio.to_thread(self.run, *args, check=check)
 
+    @property
+    def layout(self) -> RunLayout:
+        """Where this stack keeps its files."""
+        return RunLayout(self.run_dir)
+
     def postgres(self, command: str) -> None:
         """`pg-cluster start|stop|crash` on the stack's private cluster (`make up`'s default)."""
-        args = [str(self.run_dir / "postgres")]
+        args = [str(self.layout.postgres_dir)]
         if command == "start":
             args.append(str(self.database.port))
         subprocess.run([PG_CLUSTER, command, *args], check=True, capture_output=True)
 
     def master_pid(self) -> int:
-        return int((self.run_dir / "gunicorn.pid").read_text())
+        return int(self.layout.gunicorn_pidfile.read_text())
 
     def worker_pids(self) -> list[int]:
         """The live workers of the current master."""
@@ -84,7 +88,7 @@ class Stack:
 
     def app_log(self) -> list[dict[str, object]]:
         """Every JSON line of the app's log (app, uvicorn, gunicorn)."""
-        return read_json_lines(self.run_dir / "logs" / "app.log")
+        return read_json_lines(self.layout.app_log)
 
     def access_pids(self, request_ids: set[str]) -> Counter[int]:
         """How many of these requests each worker pid served, from the access lines."""

@@ -1,8 +1,7 @@
 """The container deployment (Dockerfile, docker-compose.yml, .env.example), checked without a
 Docker engine: linted, validated against the Compose spec, and held to native mode's topology,
-ports and files (deploy/native/stack.py) so the two modes cannot drift apart."""
+ports and files (`python -m deploy.native`) so the two modes cannot drift apart."""
 
-import ast
 import json
 import re
 import shlex
@@ -17,15 +16,18 @@ from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
 
-from service.config import Settings, load_settings
+from deploy import settings_docs
+from deploy.native import nginx
+from deploy.native.state import Stack
+from service.config import GunicornSettings, Settings, StackSettings, load_settings
+from service.runtime.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-NATIVE_STACK = ROOT / "deploy" / "native" / "stack.py"
-GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+NATIVE_RUNNER = ROOT / "deploy" / "native"
 NGINX_CONF = ROOT / "nginx.conf"
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
 
@@ -273,40 +275,10 @@ def dockerignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
-def environ_defaults(path: Path) -> dict[str, str | None]:
-    """Each `os.environ.get("NAME", "default")` in `path`: NAME -> default (None if not a str)."""
-    found: dict[str, str | None] = {}
-    for node in ast.walk(ast.parse(path.read_text())):
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Attribute)
-            and node.func.attr == "get"
-            and ast.unparse(node.func.value) == "os.environ"
-            and node.args
-            and isinstance(node.args[0], ast.Constant)
-        ):
-            default = node.args[1] if len(node.args) > 1 else None
-            value = default.value if isinstance(default, ast.Constant) else None
-            found[str(node.args[0].value)] = value if isinstance(value, str) else None
-    return found
-
-
 def native_nginx_values() -> set[str]:
-    """The keys of the `values = {...}` dict that render_nginx fills nginx.conf from."""
-    for node in ast.walk(ast.parse(NATIVE_STACK.read_text())):
-        if isinstance(node, ast.FunctionDef) and node.name == "render_nginx":
-            for statement in ast.walk(node):
-                if (
-                    isinstance(statement, ast.Assign)
-                    and ast.unparse(statement.targets[0]) == "values"
-                    and isinstance(statement.value, ast.Dict)
-                ):
-                    return {
-                        key.value
-                        for key in statement.value.keys
-                        if isinstance(key, ast.Constant) and isinstance(key.value, str)
-                    }
-    raise AssertionError("deploy/native/stack.py: render_nginx has no `values = {...}`")
+    """The placeholders native mode fills nginx.conf's with."""
+    stack = Stack(RunLayout(Path("/run/notes")), StackSettings())
+    return set(nginx.values(stack))
 
 
 def env_example() -> dict[str, str]:
@@ -479,9 +451,8 @@ def test_start_order_db_then_migrate_then_app_then_nginx() -> None:
 
 
 def test_app_outlives_gunicorns_graceful_timeout() -> None:
-    default = environ_defaults(GUNICORN_CONF)["GUNICORN_GRACEFUL_TIMEOUT"]
-    assert default is not None
-    configured = env_example().get("GUNICORN_GRACEFUL_TIMEOUT", default)
+    default = GunicornSettings.model_fields["gunicorn_graceful_timeout"].default
+    configured = env_example()["GUNICORN_GRACEFUL_TIMEOUT"]
     grace = duration_seconds(services()["app"]["stop_grace_period"])
     assert grace > int(default), f"stop_grace_period {grace}s <= graceful_timeout {default}s"
     assert grace > int(configured), ".env.example's GUNICORN_GRACEFUL_TIMEOUT outlasts the stop"
@@ -520,15 +491,23 @@ def test_secrets_come_from_the_uncommitted_env_file() -> None:
     assert ".env" in gitignored
 
 
-def test_env_example_documents_every_variable_with_placeholders() -> None:
+def test_settings_docs_and_env_example_are_generated_from_the_declarations() -> None:
+    assert settings_docs.env_example() == ENV_EXAMPLE.read_text()
+    assert settings_docs.settings_doc() == settings_docs.SETTINGS_DOC.read_text()
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.settings_docs", "--check"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_env_example_sets_what_compose_reads_with_placeholders() -> None:
     example = env_example()
     assert interpolated_names() <= example.keys()
     assert {name.upper() for name in Settings.model_fields} <= example.keys()
-    # Set by the image or the compose file for the container layout, not per deployment.
-    layout = {"GUNICORN_BIND", "RUN_DIR", "GUNICORN_PIDFILE", "FORWARDED_ALLOW_IPS"}
-    # Which app gunicorn serves: the tests serve a variant; a deployment never sets it.
-    tests_only = {"GUNICORN_APP"}
-    assert set(environ_defaults(GUNICORN_CONF)) - layout - tests_only <= example.keys()
     for secret in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
         assert example[secret] == "change-me"
 
@@ -573,7 +552,7 @@ def test_compose_renders_nginx_conf_completely_and_keeps_nginx_variables() -> No
 
 
 def test_both_modes_serve_public_8080_and_ops_8081() -> None:
-    native = environ_defaults(NATIVE_STACK)
+    native = {name.upper(): str(info.default) for name, info in StackSettings.model_fields.items()}
     assert (native["HTTP_PORT"], native["OPS_PORT"]) == ("8080", "8081")
     nginx = services()["nginx"]
     env = nginx["environment"]
@@ -597,7 +576,7 @@ def test_compose_uses_the_repos_nginx_conf_and_gunicorn_conf() -> None:
     assert app["build"].get("dockerfile", "Dockerfile") == DOCKERFILE.name
     assert "command" not in app, "app must run the image's gunicorn"
     assert "entrypoint" not in app, "app must run the image's gunicorn"
-    assert "gunicorn.conf.py" in NATIVE_STACK.read_text()
+    assert "gunicorn.conf.py" in (NATIVE_RUNNER / "gunicorn.py").read_text()
 
 
 def test_monitoring_mounts_its_config_read_only() -> None:

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import load_settings
-from service.db import create_database
+from service.database.connections import create_database
 from service.idempotency import service as idempotency
 from service.notes import service
 from tests.apps import FAILING_ROUTE

@@ -10,7 +10,7 @@ import httpx
 from sqlalchemy.engine import URL
 
 from service.config import load_settings
-from service.db import create_database
+from service.database.connections import create_database
 from service.idempotency.service import delete_expired
 from tests.apps import app_client
 from tests.postgres import asyncpg_dsn

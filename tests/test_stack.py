@@ -18,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from deploy.native.stack import alive
+from deploy.native.processes import alive
 from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port, fresh_database, migrate
 from tests.stack import (
     Load,
@@ -55,7 +55,7 @@ async def test_a_killed_worker_loses_and_duplicates_nothing(stack: Stack) -> Non
 
     assert len(after) == len(before)
     assert before[0] not in after
-    errors = (stack.run_dir / "logs" / "nginx-error.log").read_text()
+    errors = (stack.layout.nginx_error_log).read_text()
     assert not load.result.unexpected(), (load.result.counts(), errors)
     created = await notes_by_text(stack.database, load.result.intended.values())
     assert len(load.result.intended) > 50
@@ -109,7 +109,7 @@ async def test_request_id_is_echoed_when_valid_and_generated_otherwise(stack: St
     await asyncio.sleep(0.3)
     app_line = next(line for line in stack.app_log() if line.get("request_id") == mine)
     assert app_line["route"] == "/healthz"
-    nginx_lines = read_json_lines(stack.run_dir / "logs" / "nginx-access.log")
+    nginx_lines = read_json_lines(stack.layout.nginx_access_log)
     assert any(line["request_id"] == mine for line in nginx_lines)
 
 
@@ -171,7 +171,7 @@ def test_nginx_refusals_are_json(stack: Stack, request_bytes: bytes, status: int
 
 
 def test_rendered_nginx_config_passes_nginx_t(stack: Stack) -> None:
-    conf = stack.run_dir / "nginx" / "nginx.conf"
+    conf = stack.layout.nginx_conf
     result = subprocess.run(
         ["nginx", "-t", "-p", str(conf.parent), "-c", str(conf)],
         capture_output=True,
@@ -243,7 +243,7 @@ def test_down_leaves_no_process_and_no_port(pg_server: URL) -> None:
         assert migrate(url, "upgrade", "head").returncode == 0
         with running_stack(url, workers=2) as stack:
             pids = [stack.master_pid(), *stack.worker_pids()]
-            nginx_pid = int((stack.run_dir / "nginx" / "nginx.pid").read_text())
+            nginx_pid = int(stack.layout.nginx_pidfile.read_text())
             stack.run("down")
             assert not any(alive(pid) for pid in [*pids, nginx_pid])
             assert not _listening(stack.http_port)

@@ -1,1 +1,1 @@
-"""Native mode: the stack as local processes."""
+"""The stack as local processes (`make up` without Docker): `python -m deploy.native`."""

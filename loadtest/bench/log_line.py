@@ -1,6 +1,6 @@
 """Benchmark: the cost of one JSON log line, structlog's own path against the standard library's.
 
-Both render through the same processor chain (service/logging.py) into /dev/null:
+Both render through the same processor chain (service/observability/logging.py) into /dev/null:
 structlog's events go straight to an orjson renderer and a bytes writer; standard library
 records (uvicorn, gunicorn) go through logging's handler and ProcessorFormatter.
 
@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import structlog
 
-from service.logging import configure_logging
+from service.observability.logging import configure_logging
 
 
 def per_line_us(emit: Callable[[int], None], lines: int) -> float:

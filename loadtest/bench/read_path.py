@@ -56,13 +56,13 @@ async def seed(url: str, rows: int) -> None:
         await connection.close()
 
 
-def start(app: str, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def start(app: list[str], port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "uvicorn",
-            app,
+            *app,
             "--port",
             str(port),
             "--loop",
@@ -145,8 +145,8 @@ def main() -> None:
         )
         asyncio.run(seed(url, args.rows))
         targets = {
-            "bare": ("loadtest.bench.bare_app:app", 18101),
-            "service": ("service.main:app", 18102),
+            "bare": (["loadtest.bench.bare_app:app"], 18101),
+            "service": (["--factory", "service.main:create_app"], 18102),
         }
         for app, port in targets.values():
             processes.append(start(app, port, env))

@@ -7,7 +7,7 @@ from sqlalchemy import CheckConstraint, DateTime, Index, LargeBinary, SmallInteg
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.models import Base
+from service.database.models import Base
 
 KEY_MAX_LENGTH = 255
 

@@ -25,7 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import Database
+from service.database.connections import Database
 from service.exceptions import UnprocessableRequestError
 from service.idempotency.models import IdempotencyKey
 

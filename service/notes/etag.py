@@ -3,7 +3,7 @@
 import re
 from dataclasses import dataclass
 
-from service.models import BIGINT_MAX
+from service.database.models import BIGINT_MAX
 
 # ASCII digits only: str.isdigit() also accepts characters such as "²" that int() refuses.
 _VERSION = re.compile(r"[0-9]{1,19}")

@@ -5,7 +5,7 @@ from datetime import datetime
 from sqlalchemy import BigInteger, CheckConstraint, DateTime, Identity, Index, Text, false, func
 from sqlalchemy.orm import Mapped, mapped_column
 
-from service.models import Base
+from service.database.models import Base
 
 TEXT_MAX_LENGTH = 10_000
 

@@ -10,16 +10,16 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from pydantic import BeforeValidator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import Database, DatabaseDep
+from service.database.connections import Database, DatabaseDep
+from service.database.models import BIGINT_MAX, BIGINT_MIN
+from service.http.openapi import error_responses
 from service.idempotency import service as idempotency
 from service.idempotency.dependencies import IdempotencyDep
 from service.idempotency.service import IdempotentRequest
-from service.models import BIGINT_MAX, BIGINT_MIN
 from service.notes import service
 from service.notes.etag import IfMatch, etag_for, parse_if_match
 from service.notes.schemas import Note, NoteCreate, NotePage, NoteReplace, NoteStats, NoteUpdate
 from service.notes.service import NoteRow
-from service.openapi import error_responses
 
 router = APIRouter(prefix="/api/v1/notes", tags=["notes"])
 

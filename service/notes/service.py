@@ -13,12 +13,12 @@ from typing import Any, cast
 from sqlalchemy import Row, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from service.db import Database
+from service.database.connections import Database
 from service.notes.etag import IfMatch
 from service.notes.exceptions import NoteNotFoundError, NoteVersionMismatchError
 from service.notes.models import Note
 from service.notes.schemas import NoteCreate, NoteStats
-from service.timing import record_timing
+from service.observability.timing import record_timing
 
 notes = cast(Table, Note.__table__)
 

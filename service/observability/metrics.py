@@ -1,8 +1,8 @@
 """Prometheus metrics: the definitions, per-worker samples and /metrics.
 
 In a gunicorn deployment every worker writes to PROMETHEUS_MULTIPROC_DIR and any worker can
-answer a scrape with the sum over all of them (see service/metrics_store.py). Multiprocess
-mode drops the `process_*` collectors, so per-worker CPU and memory are sampled here.
+answer a scrape with the sum over all of them (see `metrics_store`). Multiprocess mode drops
+the `process_*` collectors, so per-worker CPU and memory are sampled here.
 """
 
 import asyncio
@@ -17,7 +17,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as generate_single_process
 
-from service import metrics_store
+from service.observability import metrics_store
 
 # Reads by id take about a millisecond: resolve well below it, and up to timeouts above.
 LATENCY_BUCKETS = (

@@ -1,8 +1,8 @@
 """Capacity planning: the CPUs a process may use, the default worker count, and the
 database connection budget that every worker count must fit.
 
-    python -m service.capacity check --workers N     exit 1 if N workers would not fit
-    python -m service.capacity cpus                  print the usable CPUs
+    python -m service.runtime.capacity check --workers N     exit 1 if N workers would not fit
+    python -m service.runtime.capacity cpus                  print the usable CPUs
 """
 
 import argparse

@@ -12,7 +12,7 @@ import structlog
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.metrics import HTTP_DURATION, HTTP_IN_PROGRESS, HTTP_REQUESTS
+from service.observability.metrics import HTTP_DURATION, HTTP_IN_PROGRESS, HTTP_REQUESTS
 
 logger = structlog.get_logger("service.access")
 

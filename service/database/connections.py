@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import (
 
 from service.config import Settings
 from service.exceptions import DomainError
-from service.metrics import (
+from service.observability.metrics import (
     POOL_IDLE,
     POOL_IN_USE,
     POOL_MAX,

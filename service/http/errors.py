@@ -3,7 +3,7 @@
 No response body ever carries a traceback or SQL: those go to the log only. Every body can be
 encoded: a validation error that echoes the client's input replaces what strict JSON in UTF-8
 cannot carry.
-An exception no handler here answers is answered by `service.failures`.
+An exception no handler here answers is answered by `service.http.guard`.
 """
 
 import math
@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from service.exceptions import NotFoundError, PreconditionFailedError, UnprocessableRequestError
-from service.failures import RETRY_AFTER_SECONDS
+from service.http.guard import RETRY_AFTER_SECONDS
 
 logger = structlog.get_logger(__name__)
 

@@ -1,0 +1,146 @@
+"""gunicorn: start, wait for ready workers, reload without dropping a request, scale live."""
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from deploy.native.processes import (
+    alive,
+    children,
+    fail,
+    log,
+    read_pid,
+    spawn,
+    stop_process,
+    wait_for,
+)
+from deploy.native.state import Stack
+from service.config import ROOT, ConfigurationError, load_settings
+from service.runtime.capacity import BudgetExceededError, ConnectionBudget, check_budget
+from service.runtime.layout import RunLayout
+
+
+def master(stack: Stack) -> int | None:
+    """The serving master's pid, if it runs."""
+    return read_pid(stack.layout.gunicorn_pidfile)
+
+
+def ready_workers(layout: RunLayout, master_pid: int) -> list[int]:
+    """Workers of `master_pid` whose app has started and serves."""
+    return [pid for pid in children(master_pid) if layout.ready_marker(pid).exists()]
+
+
+def wait_workers(stack: Stack, master_pid: int, count: int, timeout: float = 90) -> bool:
+    """Wait until `master_pid` has exactly `count` workers, all ready; False if the master
+    exits or the time runs out first."""
+    deadline = time.monotonic() + timeout
+    while alive(master_pid) and time.monotonic() < deadline:
+        pids = children(master_pid)
+        if len(pids) == count and len(ready_workers(stack.layout, master_pid)) == count:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def start(stack: Stack, env: dict[str, str], workers: int) -> int:
+    """Start the master in its own session and wait for `workers` ready workers."""
+    # The console script, not `python -m gunicorn`: USR2 re-executes the master's argv, and
+    # `python .../gunicorn/__main__.py` would put gunicorn's package dir (with its own `http`
+    # module) first on sys.path.
+    argv = [
+        str(Path(sys.executable).parent / "gunicorn"),
+        "--config",
+        str(ROOT / "gunicorn.conf.py"),
+    ]
+    process = spawn(stack.layout.app_log, argv, env=env)
+
+    def pidfile_written() -> bool:
+        if process.poll() is not None:
+            tail = stack.layout.app_log.read_text(errors="replace").splitlines()[-15:]
+            fail("gunicorn exited during start:\n" + "\n".join(tail))
+        return read_pid(stack.layout.gunicorn_pidfile) == process.pid
+
+    wait_for("gunicorn's pid file", pidfile_written, 30)
+    if not wait_workers(stack, process.pid, workers):
+        fail(f"{workers} gunicorn workers did not get ready; see {stack.layout.app_log}")
+    return process.pid
+
+
+def budget(stack: Stack, workers: int) -> ConnectionBudget:
+    """The connection budget of `workers` against the stack's database; fail if it does not
+    fit, naming the fixes."""
+    try:
+        settings = load_settings(database_url=stack.saved()["database_url"])
+        return check_budget(settings, workers)
+    except (BudgetExceededError, ConfigurationError) as exc:
+        fail(str(exc))
+    except (OSError, TimeoutError) as exc:
+        fail(f"connection budget not checked, the database does not answer: {exc}")
+
+
+def budget_check(stack: Stack, workers: int) -> None:
+    """Refuse a worker count whose pools would not fit the database."""
+    log(f"connection budget ok: {budget(stack, workers).describe()}")
+
+
+def reload(stack: Stack) -> None:
+    """New code and config with zero failed requests.
+
+    gunicorn's HUP stops the old workers as soon as new ones are forked, before they can
+    serve (benoitc/gunicorn#3394). Instead: USR2 starts a new master with new workers beside
+    the old ones on the same socket; once every new worker is ready, TERM makes the old
+    master drain and exit. If the new code does not start, the old master keeps serving.
+    Old and new workers overlap until the old ones drain: check the budget for both first.
+    """
+    old = master(stack)
+    if not old:
+        fail("gunicorn is not running: make up first")
+    workers = len(children(old))
+    os.kill(old, signal.SIGUSR2)
+    # The new master writes gunicorn.pid.2 and takes gunicorn.pid once the old one is gone.
+    pidfile = stack.layout.reloading_pidfile
+    wait_for("the new gunicorn master", lambda: read_pid(pidfile) is not None, 30)
+    new = read_pid(pidfile)
+    if new is None:
+        fail("the new gunicorn master exited at once; the old one keeps serving. See app.log")
+    if not wait_workers(stack, new, workers):
+        if alive(new):
+            stop_process("new gunicorn", new, signal.SIGTERM, 45)
+        fail(f"new workers did not start; master {old} keeps serving. See app.log")
+    log(f"gunicorn: new master {new} with {workers} ready workers; retiring master {old}")
+    stop_process("old gunicorn", old, signal.SIGTERM, 45)
+    wait_for("the new master to take over", lambda: master(stack) == new, 15)
+
+
+def scale(stack: Stack, target: int) -> None:
+    """Change the number of workers live, one TTIN/TTOU at a time."""
+    if target < 1:
+        fail("WORKERS must be at least 1")
+    pid = master(stack)
+    if not pid:
+        fail("gunicorn is not running: make up first")
+    budget_check(stack, target)
+    # One signal at a time: gunicorn's signal queue holds only five.
+    current = len(children(pid))
+    while current != target:
+        step = 1 if target > current else -1
+        os.kill(pid, signal.SIGTTIN if step > 0 else signal.SIGTTOU)
+        current += step
+        if not wait_workers(stack, pid, current):
+            fail(f"gunicorn did not reach {current} ready workers; see app.log")
+    log(f"gunicorn: {target} workers {children(pid)}")
+
+
+def stop(stack: Stack) -> None:
+    """TERM every master (a reload's too): workers drain their requests, then exit."""
+    for pidfile in (stack.layout.reloading_pidfile, stack.layout.gunicorn_pidfile):
+        pid = read_pid(pidfile)
+        if pid:
+            workers = children(pid)
+            stop_process("gunicorn", pid, signal.SIGTERM, 45)
+            for worker in workers:
+                if alive(worker):
+                    os.kill(worker, signal.SIGKILL)
+            log(f"gunicorn: master {pid} stopped")

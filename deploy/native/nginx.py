@@ -1,0 +1,93 @@
+"""nginx: the repo's nginx.conf template rendered for native mode, started, reloaded, stopped."""
+
+import re
+import shutil
+import signal
+import subprocess
+
+from deploy.native.processes import fail, log, read_pid, stop_process, wait_for
+from deploy.native.state import Stack
+from service.config import ROOT
+
+TEMPLATE = ROOT / "nginx.conf"
+PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
+
+
+def values(stack: Stack) -> dict[str, str]:
+    """What native mode fills nginx.conf's placeholders with (compose fills the same ones)."""
+    layout = stack.layout
+    return {
+        "NGINX_RUN_DIR": str(layout.nginx_dir),
+        "NGINX_ACCESS_LOG": str(layout.nginx_access_log),
+        "NGINX_ERROR_LOG": str(layout.nginx_error_log),
+        "LISTEN_ADDRESS": "127.0.0.1",
+        "OPS_LISTEN_ADDRESS": "127.0.0.1",
+        "HTTP_PORT": str(stack.settings.http_port),
+        "OPS_PORT": str(stack.settings.ops_port),
+        "APP_UPSTREAM": f"unix:{layout.gunicorn_socket}",
+    }
+
+
+def render(stack: Stack) -> bool:
+    """Write the rendered config, check it with `nginx -t` (keeping the old one if it fails),
+    and tell whether it differs from the config nginx runs with."""
+    filled = values(stack)
+    template = TEMPLATE.read_text()
+    missing = set(PLACEHOLDER.findall(template)) - filled.keys()
+    if missing:
+        fail(f"nginx.conf has placeholders native mode does not fill: {sorted(missing)}")
+    conf = stack.layout.nginx_conf
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    rendered = PLACEHOLDER.sub(lambda match: filled[match.group(1)], template)
+    previous = conf.read_text() if conf.exists() else None
+    conf.write_text(rendered)
+    result = run(stack, "-t", capture=True)
+    if result.returncode != 0:
+        if previous is not None:
+            conf.write_text(previous)
+        fail(f"nginx -t failed, the running config is unchanged:\n{result.stderr}")
+    return rendered != previous
+
+
+def run(stack: Stack, *args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the nginx binary against the rendered config."""
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    layout = stack.layout
+    argv = [binary, "-p", str(layout.nginx_dir), "-c", str(layout.nginx_conf)]
+    argv += ["-e", str(layout.nginx_error_log), *args]
+    return subprocess.run(argv, capture_output=capture, text=True, check=False)
+
+
+def pid(stack: Stack) -> int | None:
+    """The nginx master's pid, if it runs."""
+    return read_pid(stack.layout.nginx_pidfile)
+
+
+def start(stack: Stack) -> None:
+    """Render the config and start nginx, unless it runs."""
+    if pid(stack):
+        log(f"nginx: already running (pid {pid(stack)})")
+        return
+    render(stack)
+    result = run(stack, capture=True)
+    if result.returncode != 0:
+        fail(f"nginx did not start:\n{result.stderr}")
+    wait_for("nginx's pid file", lambda: pid(stack) is not None, 10)
+    log(f"nginx: pid {pid(stack)}")
+
+
+def reload_if_changed(stack: Stack) -> None:
+    """Reload nginx only when its rendered config changed: nginx's own reload closes idle
+    client keep-alive connections, which races a client's next request on them."""
+    if render(stack) and pid(stack):
+        run(stack, "-s", "reload", capture=True)
+        log("nginx: configuration changed and reloaded")
+
+
+def stop(stack: Stack) -> None:
+    """Graceful stop: nginx finishes the requests in flight."""
+    master = pid(stack)
+    if master:
+        run(stack, "-s", "quit", capture=True)
+        stop_process("nginx", master, signal.SIGQUIT, 30)
+        log("nginx: stopped")

@@ -1,0 +1,59 @@
+"""PostgreSQL: DATABASE_URL when set, else the private cluster in the run dir; migrations."""
+
+import asyncio
+import subprocess
+import sys
+
+import asyncpg
+
+from deploy.native.processes import fail, log, run_helper
+from deploy.native.state import Stack
+from service.config import ROOT, load_settings
+
+
+def ensure_database(stack: Stack) -> dict[str, str]:
+    """Use DATABASE_URL, or start the private cluster; return what to remember."""
+    settings = load_settings()
+    if settings.database_url_is_explicit:
+        log("database: DATABASE_URL")
+        return {"database_url": settings.sqlalchemy_url, "private_postgres": ""}
+    run_helper("install-deps", "postgres")
+    start_private(stack)
+    port = stack.settings.postgres_port
+    asyncio.run(_create_database(f"postgresql://postgres@127.0.0.1:{port}/postgres", "notes"))
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/notes"
+    return {"database_url": url, "private_postgres": "1"}
+
+
+async def _create_database(admin_dsn: str, name: str) -> None:
+    connection = await asyncpg.connect(admin_dsn)
+    try:
+        if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await connection.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await connection.close()
+
+
+def start_private(stack: Stack) -> None:
+    """Start (initdb first if needed) the private cluster; durable, as PostgreSQL ships."""
+    run_helper("pg-cluster", "start", stack.layout.postgres_dir, str(stack.settings.postgres_port))
+
+
+def stop_private(stack: Stack) -> None:
+    """Stop the private cluster if it runs (fast shutdown: nothing committed is lost)."""
+    run_helper("pg-cluster", "stop", stack.layout.postgres_dir)
+
+
+def migrate(env: dict[str, str]) -> None:
+    """`alembic upgrade head`, as `make migrate` runs it (it takes the migration lock)."""
+    log("migrations: alembic upgrade head")
+    result = subprocess.run(
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        fail(f"migrations failed:\n{result.stdout}{result.stderr}")

@@ -1,0 +1,57 @@
+"""One native stack: where its files are, its ports, and what `up` decided for the rest."""
+
+import json
+import os
+from dataclasses import dataclass
+
+from service.config import StackSettings, load
+from service.runtime.layout import RunLayout
+
+
+@dataclass(frozen=True)
+class Stack:
+    """The stack that RUN_DIR and the ports in the environment name."""
+
+    layout: RunLayout
+    settings: StackSettings
+
+    @classmethod
+    def from_environment(cls) -> "Stack":
+        """The stack the environment asks for."""
+        settings = load(StackSettings)
+        return cls(RunLayout(settings.run_dir.resolve()), settings)
+
+    @property
+    def public_url(self) -> str:
+        """nginx's public server."""
+        return f"http://127.0.0.1:{self.settings.http_port}"
+
+    @property
+    def ops_url(self) -> str:
+        """nginx's ops server."""
+        return f"http://127.0.0.1:{self.settings.ops_port}"
+
+    @property
+    def prometheus_url(self) -> str:
+        """Prometheus."""
+        return f"http://127.0.0.1:{self.settings.prometheus_port}"
+
+    def saved(self) -> dict[str, str]:
+        """What `up` decided: the database URL, and whether the cluster is the private one."""
+        try:
+            state: dict[str, str] = json.loads(self.layout.state_file.read_text())
+        except (OSError, ValueError):
+            return {}
+        return state
+
+    def save(self, state: dict[str, str]) -> None:
+        """Remember what `up` decided."""
+        self.layout.state_file.write_text(json.dumps(state))
+
+    def service_env(self) -> dict[str, str]:
+        """The environment gunicorn and Alembic run with."""
+        return {
+            **os.environ,
+            "RUN_DIR": str(self.layout.root),
+            "DATABASE_URL": self.saved()["database_url"],
+        }

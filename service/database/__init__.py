@@ -1,0 +1,1 @@
+"""PostgreSQL: the per-process engine and pool, and the declarative base of every table."""

@@ -1,0 +1,1 @@
+"""What the app tells operators: metrics across processes, logs, Server-Timing."""

@@ -2,9 +2,7 @@
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 
-# Never let uv fetch its own Python: the stack runs on the system's python3 (3.11).
-export UV_PYTHON_DOWNLOADS := never
-export UV_PYTHON_PREFERENCE := only-system
+# uv's own settings (the system's Python, never a downloaded one) live in pyproject.toml.
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
 RUN := $(UV) run --frozen
 
@@ -28,6 +26,10 @@ deps: ## Install the Debian packages the stack and its tests need, when missing
 test: install deps ## Run the whole test suite against a real PostgreSQL
 	$(RUN) pytest
 
+.PHONY: test-fast
+test-fast: install ## The tests that need no database and no server, in seconds
+	$(RUN) pytest -m "not database and not stack"
+
 .PHONY: lint
 lint: install ## Check formatting, lint (ruff) and types (mypy --strict)
 	$(RUN) ruff format --check .
@@ -41,40 +43,72 @@ format: install ## Format the code and apply safe lint fixes
 
 STACK := $(RUN) python -m deploy.native
 WORKERS ?=
+# Docker Compose when a Docker engine answers; else the same topology as local processes.
+ENGINE := $(shell docker info >/dev/null 2>&1 && echo compose || echo native)
+define refuse_in_compose
+	@echo 'make $(1): refused with Docker Compose: $(2)' >&2; exit 2
+endef
 
 .PHONY: up
 up: install ## Start the stack (Compose if a Docker engine answers, else native) and wait for /readyz
-	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
-		docker compose up --detach --wait && \
-		echo "stack: ready at http://127.0.0.1:$${HTTP_PORT:-8080}/api/v1/notes"; \
-	else \
-		$(STACK) up; \
-	fi
+ifeq ($(ENGINE),compose)
+	@test -f .env || { echo 'make up: Docker Compose needs .env: cp .env.example .env, then replace every change-me' >&2; exit 2; }
+	docker compose up --detach --wait
+	@echo "stack: ready at http://127.0.0.1:$${HTTP_PORT:-8080}/api/v1/notes"
+else
+	$(STACK) up
+endif
 
 .PHONY: down
 down: ## Stop everything `make up` started and free every port
-	@if command -v docker >/dev/null && docker info >/dev/null 2>&1; then \
-		docker compose down; \
-	else \
-		$(STACK) down; \
-	fi
+ifeq ($(ENGINE),compose)
+	docker compose down
+else
+	$(STACK) down
+endif
 
 .PHONY: status
 status: ## Show each component, its pid and the live worker pids
+ifeq ($(ENGINE),compose)
+	docker compose ps
+else
 	$(STACK) status
+endif
 
 .PHONY: logs
-logs: ## Follow the logs (.run/logs/)
+logs: ## Follow the logs (.run/logs/, or the containers')
+ifeq ($(ENGINE),compose)
+	docker compose logs --follow
+else
 	$(STACK) logs
+endif
 
 .PHONY: reload
 reload: ## Reload code and config with zero failed requests (USR2, wait for new workers, TERM old)
+ifeq ($(ENGINE),compose)
+	$(call refuse_in_compose,reload,gunicorn is PID 1 there; rebuild and replace the container: docker compose up --detach --build app)
+else
 	$(STACK) reload
+endif
 
 .PHONY: scale
 scale: ## Change the worker count live: make scale WORKERS=N (after the connection budget check)
 	@test -n "$(WORKERS)" || { echo "usage: make scale WORKERS=N" >&2; exit 2; }
+ifeq ($(ENGINE),compose)
+	$(call refuse_in_compose,scale,a container runs WEB_CONCURRENCY workers; set it in .env and run: docker compose up --detach app)
+else
 	$(STACK) scale $(WORKERS)
+endif
+
+.PHONY: dashboard
+dashboard: install ## Regenerate the Grafana dashboard JSON from deploy/grafana/dashboard.py, then check it
+	$(RUN) python -m deploy.grafana.dashboard
+	$(RUN) python -m deploy.grafana.dashboard --check
+
+.PHONY: settings-docs
+settings-docs: install ## Regenerate docs/settings.md and .env.example from service/config.py, then check them
+	$(RUN) python -m deploy.settings_docs
+	$(RUN) python -m deploy.settings_docs --check
 
 USERS ?= 50
 SPAWN_RATE ?= 50

@@ -1,39 +1,33 @@
-"""`make loadtest`: Locust headless against the running stack, a report, and thresholds.
+"""`make loadtest`: Locust headless against the running stack, its reports, and a verdict.
 
     uv run python -m loadtest.run [--users 50] [--spawn-rate 50] [--run-time 30]
         [--max-failure-ratio 0.01] [--max-p95-ms 250] [--max-p99-ms 500]
 
-Writes Locust's CSV and HTML report and a summary.md under loadtest/results/<timestamp>/,
-prints the summary, and exits 1 when a threshold is broken. Only loopback hosts are loaded.
+The thresholds and the loopback guard live in the locustfile, so a bare
+`locust -f loadtest/locustfile.py` keeps them too; Locust's exit code is the verdict. This
+adds what a person wants around it: Locust's progress lines while it runs, its CSV and HTML
+reports and a summary.md under loadtest/results/<timestamp>/, and Locust's own CPU.
 """
 
 import argparse
 import csv
-import ipaddress
 import os
 import resource
 import subprocess
 import sys
 import time
-import urllib.parse
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from loadtest.thresholds import Thresholds, loopback_only, violations
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 RESULTS = ROOT / "loadtest" / "results"
 # Locust runs on one core (gevent): above this share of it, Locust is the bottleneck.
 LOCUST_CPU_LIMIT = 0.9
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """What a run must stay within."""
-
-    max_failure_ratio: float = 0.01
-    max_p95_ms: float = 250.0
-    max_p99_ms: float = 500.0
+PROGRESS_PREFIX = "loadtest:"
 
 
 @dataclass(frozen=True)
@@ -54,18 +48,15 @@ class RunResult:
         """Failed requests over all requests."""
         return self.failures / self.requests if self.requests else 1.0
 
-
-def loopback_only(host: str) -> str:
-    """Refuse any target but this machine."""
-    hostname = urllib.parse.urlsplit(host).hostname or ""
-    try:
-        loopback = hostname == "localhost" or ipaddress.ip_address(hostname).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        msg = f"load tests target loopback addresses only, not {host!r}"
-        raise SystemExit(msg)
-    return host
+    def violations(self, thresholds: Thresholds) -> list[str]:
+        """Each threshold this run broke, in words."""
+        return violations(
+            thresholds,
+            requests=self.requests,
+            failures=self.failures,
+            p95_ms=self.p95_ms,
+            p99_ms=self.p99_ms,
+        )
 
 
 def _children_cpu_seconds() -> float:
@@ -74,27 +65,54 @@ def _children_cpu_seconds() -> float:
 
 
 def run_locust(
-    *, host: str, users: int, spawn_rate: float, seconds: int, out_dir: Path, tag: str
-) -> RunResult:
-    """Run Locust headless for `seconds`; its CSV and HTML go to `out_dir/<tag>*`."""
+    *,
+    host: str,
+    users: int,
+    spawn_rate: float,
+    seconds: int,
+    out_dir: Path,
+    tag: str,
+    thresholds: Thresholds | None = None,
+    reports: bool = True,
+) -> RunResult | None:
+    """Run Locust headless for `seconds`, echoing its progress lines; with `reports`, its CSV
+    and HTML go to `out_dir/<tag>*` and the figures are returned (a warm-up needs neither)."""
     loopback_only(host)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    thresholds = thresholds or Thresholds()
     argv = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
         "--host", host, "--users", str(users), "--spawn-rate", str(spawn_rate),
-        "--run-time", f"{seconds}s", "--stop-timeout", "5",
-        "--csv", str(out_dir / tag), "--html", str(out_dir / f"{tag}.html"), "--only-summary",
+        "--run-time", f"{seconds}s", "--stop-timeout", "5", "--only-summary",
+        "--max-failure-ratio", str(thresholds.max_failure_ratio),
+        "--max-p95-ms", str(thresholds.max_p95_ms), "--max-p99-ms", str(thresholds.max_p99_ms),
     ]  # fmt: skip
-    with (out_dir / f"{tag}-locust.log").open("wb") as log:
-        started = time.monotonic()
-        # Locust's CPU, all its processes included, once they have been waited for.
-        cpu_before = _children_cpu_seconds()
-        process = subprocess.run(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False)
-        cpu = _children_cpu_seconds() - cpu_before
-        elapsed = time.monotonic() - started
-    if process.returncode not in (0, 1):  # 1: Locust saw failed requests
-        msg = f"locust exited with {process.returncode}; see {out_dir / f'{tag}-locust.log'}"
+    if reports:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        argv += ["--csv", str(out_dir / tag), "--html", str(out_dir / f"{tag}.html")]
+    started = time.monotonic()
+    # Locust's CPU, all its processes included, once they have been waited for.
+    cpu_before = _children_cpu_seconds()
+    log_path = out_dir / f"{tag}-locust.log" if reports else None
+    output: list[str] = []
+    with subprocess.Popen(
+        argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None  # noqa: S101 (stdout=PIPE above)
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith(PROGRESS_PREFIX):
+                print(line, end="", flush=True)
+    cpu = _children_cpu_seconds() - cpu_before
+    elapsed = time.monotonic() - started
+    if log_path is not None:
+        log_path.write_text("".join(output))
+    # 0: every threshold held; 1: one broke (Locust printed which). Anything else: no run.
+    if process.returncode not in (0, 1):
+        tail = "".join(output[-20:])
+        msg = f"locust exited with {process.returncode}:\n{tail}"
         raise SystemExit(msg)
+    if not reports:
+        return None
     return _aggregate(out_dir / f"{tag}_stats.csv", cpu / elapsed, elapsed)
 
 
@@ -117,22 +135,6 @@ def _aggregate(stats_csv: Path, locust_cpu: float, seconds: float) -> RunResult:
     )
 
 
-def violations(result: RunResult, thresholds: Thresholds) -> list[str]:
-    """Each threshold the run broke, in words."""
-    broken = []
-    if result.requests == 0:
-        broken.append("no request completed")
-    if result.failure_ratio > thresholds.max_failure_ratio:
-        broken.append(
-            f"failure ratio {result.failure_ratio:.2%} > {thresholds.max_failure_ratio:.2%}"
-        )
-    if result.p95_ms > thresholds.max_p95_ms:
-        broken.append(f"p95 {result.p95_ms:g} ms > {thresholds.max_p95_ms:g} ms")
-    if result.p99_ms > thresholds.max_p99_ms:
-        broken.append(f"p99 {result.p99_ms:g} ms > {thresholds.max_p99_ms:g} ms")
-    return broken
-
-
 def locust_warning(result: RunResult) -> str | None:
     """A warning when the load generator itself saturated its core."""
     if result.locust_cpu < LOCUST_CPU_LIMIT:
@@ -152,8 +154,7 @@ def summary(result: RunResult, thresholds: Thresholds, broken: list[str]) -> str
         f"| {result.requests} | {result.failure_ratio:.2%} | {result.requests_per_second:.0f} | "
         f"{result.p50_ms:g} | {result.p95_ms:g} | {result.p99_ms:g} | {result.locust_cpu:.0%} |",
         "",
-        f"Thresholds: failures <= {thresholds.max_failure_ratio:.2%}, "
-        f"p95 <= {thresholds.max_p95_ms:g} ms, p99 <= {thresholds.max_p99_ms:g} ms.",
+        f"Thresholds: {thresholds.describe()}.",
     ]
     warning = locust_warning(result)
     if warning:
@@ -182,16 +183,17 @@ def main() -> None:
 
     try:
         loopback_only(args.host)
-    except SystemExit as exc:
+    except ValueError as exc:
         parser.error(str(exc))
     thresholds = Thresholds(args.max_failure_ratio, args.max_p95_ms, args.max_p99_ms)
     out_dir = args.out or RESULTS / timestamp()
     print(f"loadtest: {args.users} users for {args.run_time}s against {args.host}", flush=True)
     result = run_locust(
-        host=args.host, users=args.users, spawn_rate=args.spawn_rate,
-        seconds=args.run_time, out_dir=out_dir, tag="locust",
+        host=args.host, users=args.users, spawn_rate=args.spawn_rate, seconds=args.run_time,
+        out_dir=out_dir, tag="locust", thresholds=thresholds,
     )  # fmt: skip
-    broken = violations(result, thresholds)
+    assert result is not None  # noqa: S101 (reports were asked for)
+    broken = result.violations(thresholds)
     text = summary(result, thresholds, broken)
     (out_dir / "summary.md").write_text(f"# Load test {out_dir.name}\n\n{text}")
     (out_dir / "result.csv").write_text(

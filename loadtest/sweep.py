@@ -23,8 +23,9 @@ import psutil
 from deploy.native import gunicorn
 from deploy.native.processes import StackError, children
 from deploy.native.state import Stack
-from loadtest.run import LOCUST_CPU_LIMIT, RESULTS, RunResult, loopback_only, run_locust
+from loadtest.run import LOCUST_CPU_LIMIT, RESULTS, RunResult, run_locust
 from loadtest.run import timestamp as make_timestamp
+from loadtest.thresholds import Thresholds, loopback_only
 from service.runtime.capacity import usable_cpus
 
 # "Within a few percent of the best" (run-to-run noise on a shared 2-core machine is ~3%).
@@ -245,18 +246,21 @@ def measure(args: argparse.Namespace, workers: int, out_dir: Path, prefix: str) 
     """Scale to `workers`, warm up, run the load, and read what Prometheus saw."""
     print(f"{prefix} scaling, warming up {args.warmup}s", flush=True)
     scale(workers)
+    # Judged by the sweep's own figures, not Locust's gates: a step may break them.
+    lenient = Thresholds(max_failure_ratio=1.0, max_p95_ms=1e9, max_p99_ms=1e9)
     if args.warmup:
         run_locust(
-            host=args.host, users=args.users, spawn_rate=args.users,
-            seconds=args.warmup, out_dir=out_dir, tag=f"warmup-{workers}",
+            host=args.host, users=args.users, spawn_rate=args.users, seconds=args.warmup,
+            out_dir=out_dir, tag=f"warmup-{workers}", thresholds=lenient, reports=False,
         )  # fmt: skip
     print(f"{prefix} measuring for {args.run_time}s", flush=True)
     start = time.time()
     busy_before, total_before = _busy_and_total_cpu_seconds()
-    result: RunResult = run_locust(
-        host=args.host, users=args.users, spawn_rate=args.users,
-        seconds=args.run_time, out_dir=out_dir, tag=f"workers-{workers}",
+    result: RunResult | None = run_locust(
+        host=args.host, users=args.users, spawn_rate=args.users, seconds=args.run_time,
+        out_dir=out_dir, tag=f"workers-{workers}", thresholds=lenient,
     )  # fmt: skip
+    assert result is not None  # noqa: S101 (reports were asked for)
     busy_after, total_after = _busy_and_total_cpu_seconds()
     end = time.time()
     time.sleep(6)  # let Prometheus take the scrape that closes the window
@@ -293,7 +297,7 @@ def main() -> None:
     try:
         loopback_only(args.host)
         loopback_only(args.prometheus)
-    except SystemExit as exc:
+    except ValueError as exc:
         parser.error(str(exc))
     if args.run_time < 10:
         parser.error("--run-time must be at least 10 s: Prometheus scrapes every 5 s")

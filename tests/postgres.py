@@ -11,9 +11,9 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,6 +99,19 @@ def fresh_database(server: URL, prefix: str = "notes_test") -> Iterator[URL]:
         yield server.set(database=name)
     finally:
         run_sync(admin_execute(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@asynccontextmanager
+async def locked_table(database: URL, table: str = "notes") -> AsyncIterator[asyncpg.Connection]:
+    """Hold an ACCESS EXCLUSIVE lock on `table` for the block: every read and write of it
+    waits until the block ends. Yields the connection that holds it, in its transaction."""
+    connection = await asyncpg.connect(asyncpg_dsn(database))
+    try:
+        async with connection.transaction():
+            await connection.execute(f'LOCK TABLE "{table}" IN ACCESS EXCLUSIVE MODE')
+            yield connection
+    finally:
+        await connection.close()
 
 
 def migrate(database: URL, *args: str) -> subprocess.CompletedProcess[str]:

@@ -1,16 +1,18 @@
 """The "Notes stack" Grafana dashboard, generated: deploy/grafana/dashboards/notes.json.
 
-    python deploy/grafana/dashboard.py                  write dashboards/notes.json
-    python deploy/grafana/dashboard.py --check          exit 1 if the committed file differs
-    python deploy/grafana/dashboard.py --output PATH    write somewhere else (- for stdout)
+    python -m deploy.grafana.dashboard                  write dashboards/notes.json
+    python -m deploy.grafana.dashboard --check          exit 1 if the committed file differs
+    python -m deploy.grafana.dashboard --output PATH    write somewhere else (- for stdout)
+
+`make dashboard` regenerates it and checks the result.
 
 Edit this file, never the JSON: the JSON is written with sorted keys, ids numbered in layout
 order and positions computed from each row's panel widths, so that regenerating it is
 byte-identical and a review of this file is a review of the dashboard. Standard library only.
 
-Every query reads the metrics of README.md's "Metrics" section or the recording rules of
-deploy/prometheus/rules/notes.yml; tests/test_dashboard.py runs each of them against a real
-Prometheus scraping a loaded stack and fails on any that returns nothing.
+Every query reads the metrics of docs/observability.md or the recording rules of
+deploy/prometheus/rules/notes.yml; tests/deploy/grafana/test_dashboard.py runs each of them
+against a real Prometheus scraping a loaded stack and fails on any that returns nothing.
 """
 
 import argparse
@@ -673,7 +675,8 @@ def main(argv: list[str] | None = None) -> int:
             current = None
         if current != text:
             print(
-                f"{output} is out of date: run python {Path(__file__).name} to regenerate it",
+                f"{output} is out of date: run `make dashboard` "
+                "(python -m deploy.grafana.dashboard) to regenerate it",
                 file=sys.stderr,
             )
             return 1

@@ -4,9 +4,9 @@ import time
 from pathlib import Path
 
 from prometheus_client.mmap_dict import MmapedDict
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.observability import metrics_store
+from tests.metrics import parse, value
 
 COUNTER_KEY = '["http_requests_total", "http_requests_total", {"method": "GET", "route": "/x", "status": "200"}, "HTTP requests answered."]'  # noqa: E501
 BUCKET_KEY = '["db_pool_wait_seconds", "db_pool_wait_seconds_bucket", {"le": "0.001"}, "Wait."]'
@@ -24,16 +24,12 @@ def write_worker(directory: Path, pid: int, requests: int) -> None:
 
 
 def totals(directory: Path) -> dict[str, float]:
-    text = metrics_store.render(directory).decode()
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name in {"http_requests_total", "db_pool_wait_seconds_bucket"}:
-                found[sample.name] = found.get(sample.name, 0) + sample.value
-            if sample.name == "worker_cpu_seconds":
-                found.setdefault("live_workers", 0)
-                found["live_workers"] += 1
-    return found
+    samples = parse(metrics_store.render(directory).decode())
+    return {
+        "http_requests_total": value(samples, "http_requests_total"),
+        "db_pool_wait_seconds_bucket": value(samples, "db_pool_wait_seconds_bucket"),
+        "live_workers": sum(name == "worker_cpu_seconds" for name, _ in samples),
+    }
 
 
 def test_hundreds_of_dead_workers_leave_two_files_and_exact_totals(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""The app as separate OS processes: each builds its own pool, none connects at import."""
+"""The app's factory: it refuses bad settings, builds nothing that connects, and each worker
+process it runs in has its own pool."""
 
 import asyncio
 import json
@@ -15,6 +16,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
+from service.config import ConfigurationError, get_settings
+from service.main import create_app
 from tests.postgres import ROOT, asyncpg_dsn, free_port
 
 
@@ -122,7 +125,12 @@ def test_import_and_app_creation_open_no_connection() -> None:
             listener.accept()
 
 
-START_APP = "from service.main import create_app; create_app()"
+@pytest.fixture
+def environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """The process environment, to change for one test; the settings are read afresh."""
+    get_settings.cache_clear()
+    yield monkeypatch
+    get_settings.cache_clear()
 
 
 @pytest.mark.parametrize(
@@ -130,54 +138,43 @@ START_APP = "from service.main import create_app; create_app()"
     [
         ("DB_POOL_SIZE", "lots"),
         ("DB_POOL_TIMEOUT", "-1"),
+        ("REQUEST_TIMEOUT", "60"),
         ("LOG_FORMAT", "xml"),
         ("DATABASE_URL", "mysql://user:hunter2@db/notes"),
     ],
 )
-def test_a_bad_setting_stops_the_start_and_names_the_variable(variable: str, value: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", START_APP],
-        cwd=ROOT,
-        env={**os.environ, variable: value},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert "invalid configuration" in result.stderr
-    assert variable in result.stderr
-    assert "hunter2" not in result.stderr
+def test_a_bad_setting_stops_the_start_and_names_the_variable(
+    environment: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    environment.setenv(variable, value)
+    with pytest.raises(ConfigurationError) as error:
+        create_app()
+    assert variable in str(error.value)
+    assert "hunter2" not in str(error.value)
 
 
-def test_production_refuses_the_default_database_url() -> None:
-    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
-    result = subprocess.run(
-        [sys.executable, "-c", START_APP],
-        cwd=ROOT,
-        env={**env, "ENVIRONMENT": "production"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode != 0
-    assert "DATABASE_URL must be set explicitly" in result.stderr
+def test_production_refuses_the_default_database_url(environment: pytest.MonkeyPatch) -> None:
+    environment.delenv("DATABASE_URL", raising=False)
+    environment.setenv("ENVIRONMENT", "production")
+    with pytest.raises(ConfigurationError, match="DATABASE_URL must be set explicitly"):
+        create_app()
 
 
-@pytest.mark.parametrize("log_format", ["json", "console"])
-def test_log_format_json_for_machines_console_for_people(log_format: str) -> None:
+def test_log_format_json_for_machines_console_for_people() -> None:
+    """In a process of its own: logging is configured once per process, as in a worker."""
     script = (
         "import logging, structlog\n"
+        "from service.config import load_settings\n"
         "from service.main import create_app\n"
-        "create_app()\n"
-        "structlog.get_logger('service.check').info('hello', answer=42)\n"
-        "logging.getLogger('uvicorn.error').warning('from the standard library')\n"
+        "for log_format in ('json', 'console'):\n"
+        "    create_app(load_settings(log_format=log_format))\n"
+        "    structlog.get_logger(f'service.{log_format}').info('hello', answer=42)\n"
+        "    logging.getLogger('uvicorn.error').warning('from the standard library')\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,
-        env={**os.environ, "LOG_FORMAT": log_format},
+        env=os.environ.copy(),
         capture_output=True,
         text=True,
         timeout=60,
@@ -185,16 +182,15 @@ def test_log_format_json_for_machines_console_for_people(log_format: str) -> Non
     )
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.strip()]
-    assert len(lines) == 2
-    if log_format == "json":
-        first, second = (json.loads(line) for line in lines)
-        assert first["event"] == "hello"
-        assert first["answer"] == 42
-        assert first["logger"] == "service.check"
-        assert second["logger"] == "uvicorn.error"
-        assert second["level"] == "warning"
-    else:
-        assert all(not line.startswith("{") for line in lines)
-        assert "hello" in lines[0]
-        assert "answer" in lines[0]
-        assert "from the standard library" in lines[1]
+    assert len(lines) == 4
+    first, second = (json.loads(line) for line in lines[:2])
+    assert first["event"] == "hello"
+    assert first["answer"] == 42
+    assert first["logger"] == "service.json"
+    assert second["logger"] == "uvicorn.error"
+    assert second["level"] == "warning"
+    console = lines[2:]
+    assert all(not line.startswith("{") for line in console)
+    assert "hello" in console[0]
+    assert "answer" in console[0]
+    assert "from the standard library" in console[1]

@@ -23,10 +23,8 @@ from service.database.connections import create_database
 from service.idempotency import service as idempotency
 from service.notes import service
 from tests.apps import FAILING_ROUTE
-from tests.postgres import asyncpg_dsn
+from tests.postgres import asyncpg_dsn, locked_table
 from tests.stack import Stack, running_stack
-
-pytestmark = pytest.mark.stack
 
 NOTES = "/api/v1/notes"
 REQUEST_TIMEOUT = 3.0
@@ -206,25 +204,18 @@ async def test_a_locked_table_is_answered_within_the_deadline(fault_stack: Stack
                 probes.append((status, time.monotonic() - sent))
                 await asyncio.sleep(0.1)
 
-    blocker = await asyncpg.connect(asyncpg_dsn(fault_stack.database))
-    try:
-        async with timed_load(fault_stack, readers=12, writers=4) as load:
-            await asyncio.sleep(1)
-            transaction = blocker.transaction()
-            await transaction.start()
-            # Every read and write of notes now waits: longer than the deadline twice over.
-            await blocker.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+    async with timed_load(fault_stack, readers=12, writers=4) as load:
+        await asyncio.sleep(1)
+        # Every read and write of notes waits: longer than the deadline twice over.
+        async with locked_table(fault_stack.database):
             locked = time.monotonic()
             stop_probes = asyncio.Event()
             prober = asyncio.create_task(probe_liveness(stop_probes))
             await asyncio.sleep(2 * REQUEST_TIMEOUT)
-            await transaction.rollback()
-            unlocked = time.monotonic()
-            stop_probes.set()
-            await prober
-            await asyncio.sleep(3)
-    finally:
-        await blocker.close()
+        unlocked = time.monotonic()
+        stop_probes.set()
+        await prober
+        await asyncio.sleep(3)
 
     statuses = load.statuses()
     assert set(statuses) <= {("GET", 200), ("GET", 503), ("POST", 201), ("POST", 503)}, statuses

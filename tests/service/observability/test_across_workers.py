@@ -10,31 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL
 
+from tests.metrics import Samples, instant_query, parse, value
 from tests.postgres import fresh_database, migrate
 from tests.stack import Stack, read_json_lines, running_stack
 
-pytestmark = pytest.mark.stack
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 NOTE_ROUTE = "/api/v1/notes/{note_id}"
-
-
-def parse(text: str) -> Samples:
-    """Every sample of an exposition, keyed by name and labels."""
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` whose labels include `labels`."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
 async def scrape(client: httpx.AsyncClient, stack: Stack) -> tuple[Samples, str]:
@@ -265,14 +247,6 @@ async def test_files_and_scrape_time_stay_bounded_across_worker_recycling(
     assert healthz == rounds * per_round
 
 
-async def promql(client: httpx.AsyncClient, stack: Stack, query: str) -> list[dict[str, object]]:
-    """The result vector of an instant query against the stack's Prometheus."""
-    response = await client.get(f"{stack.prometheus_url}/api/v1/query", params={"query": query})
-    assert response.status_code == 200, response.text
-    result: list[dict[str, object]] = response.json()["data"]["result"]
-    return result
-
-
 async def test_prometheus_scrapes_the_stack(stack: Stack) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
         created = await client.post(f"{stack.url}/api/v1/notes", json={"text": "scraped"})
@@ -281,17 +255,19 @@ async def test_prometheus_scrapes_the_stack(stack: Stack) -> None:
         up: list[dict[str, object]] = []
         while time.monotonic() < deadline:
             await send(client, stack, created.headers["location"], reads=40)
-            up = await promql(client, stack, 'up{job="notes"}')
-            rates = await promql(client, stack, "sum by (route) (rate(http_requests_total[1m]))")
+            up = await instant_query(client, stack.prometheus_url, 'up{job="notes"}')
+            rates = await instant_query(
+                client, stack.prometheus_url, "sum by (route) (rate(http_requests_total[1m]))"
+            )
             if up and rates and any(r["metric"] == {"route": NOTE_ROUTE} for r in rates):
                 break
             await asyncio.sleep(1)
-        exporter = await promql(client, stack, 'up{job="nginx"}')
+        exporter = await instant_query(client, stack.prometheus_url, 'up{job="nginx"}')
         rules = (await client.get(f"{stack.prometheus_url}/api/v1/rules")).json()
 
     assert [sample["value"][1] for sample in up] == ["1"]  # type: ignore[index]
     assert {"route": NOTE_ROUTE} in [sample["metric"] for sample in rates]
-    assert [sample["value"][1] for sample in exporter] == ["1"]  # type: ignore[index]
+    assert [sample["value"][1] for sample in exporter] == ["1"]
     unhealthy = [
         rule["name"]
         for group in rules["data"]["groups"]

@@ -20,8 +20,6 @@ from schemathesis.specs.openapi.checks import (
 
 from tests.stack import Stack
 
-pytestmark = pytest.mark.stack
-
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -19,10 +19,9 @@ from ruamel.yaml import YAML
 from deploy import settings_docs
 from deploy.native import nginx
 from deploy.native.state import Stack
-from service.config import GunicornSettings, Settings, StackSettings, load_settings
+from service.config import ROOT, GunicornSettings, Settings, StackSettings, load_settings
 from service.runtime.layout import RunLayout
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE_FILE = ROOT / "docker-compose.yml"

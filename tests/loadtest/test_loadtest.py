@@ -1,23 +1,23 @@
 """Locust, the load-test report and the worker sweep, on short runs against the real stack."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from loadtest.run import RunResult, Thresholds, violations
+from loadtest.run import RunResult
 from loadtest.sweep import Step, recommend
+from loadtest.thresholds import Thresholds, loopback_only, violations
 from tests.postgres import ROOT
 from tests.stack import Stack
-
-pytestmark = pytest.mark.stack
 
 
 def loadtest(stack: Stack, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "loadtest.run", "--host", stack.url, "--users", "10",
-         "--spawn-rate", "10", "--run-time", "4", "--out", str(out), *extra],
+         "--spawn-rate", "10", "--run-time", "6", "--out", str(out), *extra],
         cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
 
@@ -26,6 +26,9 @@ def test_loadtest_writes_the_reports_and_passes(stack: Stack, tmp_path: Path) ->
     result = loadtest(stack, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All thresholds held." in result.stdout
+    # Locust's own progress line while it ran, and its own verdict.
+    assert re.search(r"^loadtest: 5s: \d+ requests, \d+ req/s", result.stdout, re.MULTILINE)
+    assert "loadtest: all thresholds held" in result.stdout
     for name in ("locust_stats.csv", "locust.html", "summary.md", "result.csv"):
         assert (tmp_path / name).stat().st_size > 0, name
     stats = (tmp_path / "locust_stats.csv").read_text()
@@ -44,6 +47,30 @@ def test_loadtest_fails_when_a_threshold_breaks(stack: Stack, tmp_path: Path) ->
     assert result.returncode == 1
     assert "p99" in result.stdout
     assert "Broken" in (tmp_path / "summary.md").read_text()
+
+
+def bare_locust(host: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`locust` as a person would run it: the locustfile and pyproject.toml's defaults."""
+    return subprocess.run(
+        [sys.executable, "-m", "locust", "--host", host, "--users", "5", "--run-time", "3s",
+         *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+def test_a_bare_locust_run_keeps_the_thresholds(stack: Stack) -> None:
+    held = bare_locust(stack.url)
+    broken = bare_locust(stack.url, "--max-p99-ms", "0.01")
+    assert held.returncode == 0, held.stdout + held.stderr
+    assert "loadtest: all thresholds held" in held.stdout
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    assert re.search(r"loadtest: broken: p99 [\d.]+ ms > 0.01 ms", broken.stdout)
+
+
+def test_a_bare_locust_run_refuses_other_hosts() -> None:
+    result = bare_locust("http://192.168.1.10:8080")
+    assert result.returncode != 0
+    assert "loopback" in result.stdout + result.stderr
 
 
 def test_loadtest_refuses_other_hosts(tmp_path: Path) -> None:
@@ -116,6 +143,25 @@ def test_recommendation_names_the_database_when_the_pool_waits() -> None:
 
 def test_thresholds() -> None:
     good = RunResult(1000, 0, 500.0, 5.0, 20.0, 40.0, 0.3, 10.0)
-    assert violations(good, Thresholds()) == []
+    assert good.violations(Thresholds()) == []
     bad = RunResult(1000, 50, 500.0, 5.0, 300.0, 900.0, 0.3, 10.0)
-    assert len(violations(bad, Thresholds())) == 3
+    assert bad.violations(Thresholds()) == [
+        "failure ratio 5.00% > 1.00%",
+        "p95 300 ms > 250 ms",
+        "p99 900 ms > 500 ms",
+    ]
+    assert violations(Thresholds(), requests=0, failures=0, p95_ms=0, p99_ms=0) == [
+        "no request completed",
+        "failure ratio 100.00% > 1.00%",
+    ]
+
+
+@pytest.mark.parametrize("host", ["http://127.0.0.1:8080", "http://localhost", "http://[::1]:80"])
+def test_loopback_hosts_are_accepted(host: str) -> None:
+    assert loopback_only(host) == host
+
+
+@pytest.mark.parametrize("host", ["http://192.168.1.10:8080", "http://example.com", "nonsense"])
+def test_other_hosts_are_refused(host: str) -> None:
+    with pytest.raises(ValueError, match="loopback"):
+        loopback_only(host)

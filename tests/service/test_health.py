@@ -6,7 +6,7 @@ import asyncpg
 from sqlalchemy.engine import URL, make_url
 
 from tests.apps import app_client
-from tests.postgres import asyncpg_dsn, free_port, fresh_database, migrate
+from tests.postgres import asyncpg_dsn, free_port, fresh_database, locked_table, migrate
 
 
 async def test_unreachable_database_gives_503_fast() -> None:
@@ -51,18 +51,13 @@ async def test_readyz_on_a_database_behind_head(pg_server: URL) -> None:
 
 
 async def test_statement_timeout_gives_503_without_sql(database_url: URL) -> None:
-    blocker = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        transaction = blocker.transaction()
-        await transaction.start()
-        await blocker.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
-        async with app_client(database_url, db_statement_timeout=0.2) as client:
-            started = time.monotonic()
-            response = await client.get("/api/v1/notes", params={"limit": 5})
-            elapsed = time.monotonic() - started
-        await transaction.rollback()
-    finally:
-        await blocker.close()
+    async with (
+        locked_table(database_url),
+        app_client(database_url, db_statement_timeout=0.2) as client,
+    ):
+        started = time.monotonic()
+        response = await client.get("/api/v1/notes", params={"limit": 5})
+        elapsed = time.monotonic() - started
     assert response.status_code == 503
     assert response.json() == {"detail": "Database unavailable"}
     assert elapsed < 3

@@ -14,14 +14,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 from ruamel.yaml import YAML
 
+from service.config import ROOT
+from tests.metrics import instant_query
 from tests.stack import Load, Stack
 
-pytestmark = pytest.mark.stack
-
-ROOT = Path(__file__).resolve().parent.parent
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 GENERATOR = GRAFANA_DIR / "dashboard.py"
 DASHBOARD = GRAFANA_DIR / "dashboards" / "notes.json"
@@ -301,17 +299,6 @@ def test_dashboard_provider_reads_the_mounted_dashboards() -> None:
 # --- every query against the real stack --------------------------------------------------------
 
 
-async def instant_query(client: httpx.AsyncClient, stack: Stack, expr: str) -> list[Any]:
-    """The result vector of an instant query; a query Prometheus rejects fails at once."""
-    response = await client.get(f"{stack.prometheus_url}/api/v1/query", params={"query": expr})
-    assert response.status_code == 200, f"{expr}: {response.text}"
-    body = response.json()
-    assert body["status"] == "success", f"{expr}: {body}"
-    assert body["data"]["resultType"] == "vector", f"{expr}: {body['data']['resultType']}"
-    result: list[Any] = body["data"]["result"]
-    return result
-
-
 def has_a_number(result: list[Any]) -> bool:
     """Whether any sample is a number a panel can draw (a histogram with no requests in the
     window gives NaN: the series is there and the panel is still blank)."""
@@ -329,7 +316,9 @@ async def test_every_panel_query_returns_data_from_the_stacks_prometheus(stack: 
         # Two scrapes of the load's series, so that rate() over 1m has something to compare.
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
-            if await instant_query(client, stack, "rate(http_requests_total[1m]) > 0"):
+            if await instant_query(
+                client, stack.prometheus_url, "rate(http_requests_total[1m]) > 0"
+            ):
                 break
             await asyncio.sleep(1)
 
@@ -341,7 +330,7 @@ async def test_every_panel_query_returns_data_from_the_stacks_prometheus(stack: 
             await Load(stack.url, concurrency=10).run(total=100)
             missing = []
             for title, ref_id, expr in wanted:
-                if not has_a_number(await instant_query(client, stack, expr)):
+                if not has_a_number(await instant_query(client, stack.prometheus_url, expr)):
                     missing.append(f"{title} [{ref_id}]: {expr}")
             if not missing or time.monotonic() > deadline:
                 break

@@ -13,13 +13,19 @@ import tempfile
 import uuid
 from pathlib import Path
 
-import asyncpg
 import httpx
 import pytest
 from sqlalchemy.engine import URL
 
 from deploy.native.processes import alive
-from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port, fresh_database, migrate
+from tests.postgres import (
+    PG_CLUSTER,
+    ROOT,
+    free_port,
+    fresh_database,
+    locked_table,
+    migrate,
+)
 from tests.stack import (
     Load,
     Stack,
@@ -28,8 +34,6 @@ from tests.stack import (
     read_json_lines,
     running_stack,
 )
-
-pytestmark = pytest.mark.stack
 
 
 async def test_mixed_load_has_no_errors_and_spreads_over_workers(stack: Stack) -> None:
@@ -201,6 +205,7 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.stack
 async def test_sigterm_lets_slow_requests_finish_and_disposes_every_engine(
     pg_server: URL,
 ) -> None:
@@ -212,17 +217,12 @@ async def test_sigterm_lets_slow_requests_finish_and_disposes_every_engine(
                 note_url = created.headers["location"]
                 workers = stack.worker_pids()
                 master = stack.master_pid()
-                blocker = await asyncpg.connect(asyncpg_dsn(url))
-                transaction = blocker.transaction()
-                await transaction.start()
-                # Every read of notes now waits on this lock: the requests are slow.
-                await blocker.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
-                slow = [asyncio.create_task(client.get(note_url)) for _ in range(10)]
-                await asyncio.sleep(1)
-                os.kill(master, signal.SIGTERM)
-                await asyncio.sleep(2)
-                await transaction.rollback()
-                await blocker.close()
+                # Every read of notes waits on this lock: the requests are slow.
+                async with locked_table(url):
+                    slow = [asyncio.create_task(client.get(note_url)) for _ in range(10)]
+                    await asyncio.sleep(1)
+                    os.kill(master, signal.SIGTERM)
+                    await asyncio.sleep(2)
                 responses = await asyncio.gather(*slow)
             for _ in range(100):
                 if not alive(master):
@@ -238,6 +238,7 @@ async def test_sigterm_lets_slow_requests_finish_and_disposes_every_engine(
             assert set(workers) <= disposed
 
 
+@pytest.mark.stack
 def test_down_leaves_no_process_and_no_port(pg_server: URL) -> None:
     with fresh_database(pg_server) as url:
         assert migrate(url, "upgrade", "head").returncode == 0
@@ -251,6 +252,7 @@ def test_down_leaves_no_process_and_no_port(pg_server: URL) -> None:
             assert stack.run("status", check=False).returncode != 0
 
 
+@pytest.mark.stack
 def test_gunicorn_refuses_to_start_past_the_connection_budget(tmp_path: Path) -> None:
     """A server with max_connections=20 cannot hold 10 workers of 5 connections."""
     # The cluster's owner (postgres) cannot enter pytest's private tmp dir.

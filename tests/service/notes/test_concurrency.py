@@ -3,12 +3,11 @@
 import asyncio
 import time
 
-import asyncpg
 import httpx
 from sqlalchemy.engine import URL
 
 from tests.apps import app_client
-from tests.postgres import asyncpg_dsn
+from tests.postgres import locked_table
 
 NOTES = "/api/v1/notes"
 
@@ -80,11 +79,7 @@ async def test_stats_counts_run_at_the_same_time(
     client: httpx.AsyncClient, database_url: URL
 ) -> None:
     """Both counts must be waiting on the table at once: proof they are not sequential."""
-    blocker = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        transaction = blocker.transaction()
-        await transaction.start()
-        await blocker.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
+    async with locked_table(database_url) as blocker:
         request = asyncio.create_task(client.get(f"{NOTES}/stats"))
 
         waiting = 0
@@ -99,10 +94,7 @@ async def test_stats_counts_run_at_the_same_time(
             if waiting >= 2:
                 break
             await asyncio.sleep(0.05)
-        await transaction.rollback()
-        response = await request
-    finally:
-        await blocker.close()
+    response = await request
 
     assert waiting == 2
     assert response.status_code == 200
@@ -117,21 +109,14 @@ async def test_many_concurrent_stats_on_a_small_pool_never_deadlock(database_url
 
 
 async def test_a_full_pool_gives_503_after_the_pool_timeout(database_url: URL) -> None:
-    blocker = await asyncpg.connect(asyncpg_dsn(database_url))
-    try:
-        transaction = blocker.transaction()
-        await transaction.start()
-        await blocker.execute("LOCK TABLE notes IN ACCESS EXCLUSIVE MODE")
-        async with app_client(database_url, db_pool_size=1, db_pool_timeout=0.5) as small:
+    async with app_client(database_url, db_pool_size=1, db_pool_timeout=0.5) as small:
+        async with locked_table(database_url):
             holder = asyncio.create_task(small.get(f"{NOTES}/1"))
             await asyncio.sleep(0.3)
             started = time.monotonic()
             waiter = await small.get(f"{NOTES}/2")
             waited = time.monotonic() - started
-            await transaction.rollback()
-            held = await holder
-    finally:
-        await blocker.close()
+        held = await holder
     assert waiter.status_code == 503
     assert waiter.json() == {"detail": "Database unavailable"}
     assert 0.4 < waited < 3

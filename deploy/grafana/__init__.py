@@ -1,0 +1,1 @@
+"""Grafana: the dashboard as code, and its provisioning."""

@@ -16,6 +16,8 @@ $(CURDIR)/.tools/bin/uv:
 
 .PHONY: install
 install: $(UV) ## Install the locked Python dependencies into .venv (uv itself too, if missing)
+	@command -v python3.11 >/dev/null || python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null \
+		|| { echo "make: the stack runs on Python 3.11 (Debian 12: apt-get install python3), found $$(python3 --version 2>&1 || echo none)" >&2; exit 2; }
 	$(UV) sync --frozen
 
 .PHONY: deps
@@ -110,23 +112,20 @@ settings-docs: install ## Regenerate docs/settings.md and .env.example from serv
 	$(RUN) python -m deploy.settings_docs
 	$(RUN) python -m deploy.settings_docs --check
 
-USERS ?= 50
-SPAWN_RATE ?= 50
-RUN_TIME ?= 30
-MAX_FAILURE_RATIO ?= 0.01
-MAX_P95_MS ?= 250
-MAX_P99_MS ?= 500
-WARMUP ?= 5
+# Load-test knobs are passed on only when set: their defaults live in pyproject.toml's
+# [tool.locust] (users, spawn rate, run time) and in loadtest/thresholds.py (the thresholds).
+flag = $(if $($(1)),$(2) $($(1)))
+LOAD_FLAGS = $(call flag,USERS,--users) $(call flag,SPAWN_RATE,--spawn-rate) \
+	$(call flag,RUN_TIME,--run-time) $(call flag,MAX_FAILURE_RATIO,--max-failure-ratio) \
+	$(call flag,MAX_P99_MS,--max-p99-ms)
 
 .PHONY: loadtest
 loadtest: install ## Locust headless against the running stack: make loadtest USERS=50 RUN_TIME=30 MAX_P99_MS=500
-	$(RUN) python -m loadtest.run --users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(RUN_TIME) \
-		--max-failure-ratio $(MAX_FAILURE_RATIO) --max-p95-ms $(MAX_P95_MS) --max-p99-ms $(MAX_P99_MS)
+	$(RUN) python -m loadtest.run $(LOAD_FLAGS) $(call flag,MAX_P95_MS,--max-p95-ms)
 
 .PHONY: sweep
 sweep: install ## The same load at several worker counts and a recommendation: make sweep WORKERS="1 2 4"
-	$(RUN) python -m loadtest.sweep --workers "$(WORKERS)" --users $(USERS) --run-time $(RUN_TIME) \
-		--warmup $(WARMUP) --max-p99-ms $(MAX_P99_MS) --max-failure-ratio $(MAX_FAILURE_RATIO)
+	$(RUN) python -m loadtest.sweep --workers "$(WORKERS)" $(LOAD_FLAGS) $(call flag,WARMUP,--warmup)
 
 .PHONY: migrate
 migrate: install ## Upgrade the database (DATABASE_URL) to head, under an advisory lock

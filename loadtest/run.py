@@ -16,6 +16,7 @@ import resource
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,12 @@ from loadtest.thresholds import Thresholds, loopback_only, violations
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+# The defaults of every Locust run, `make loadtest`'s and a bare `locust`'s alike.
+LOCUST_DEFAULTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["locust"]
+DEFAULT_USERS = int(LOCUST_DEFAULTS["users"])
+DEFAULT_SPAWN_RATE = float(LOCUST_DEFAULTS["spawn-rate"])
+DEFAULT_RUN_TIME = int(str(LOCUST_DEFAULTS["run-time"]).removesuffix("s"))
+DEFAULT_HOST = os.environ.get("LOADTEST_HOST", str(LOCUST_DEFAULTS["host"]))
 RESULTS = ROOT / "loadtest" / "results"
 # Locust runs on one core (gevent): above this share of it, Locust is the bottleneck.
 LOCUST_CPU_LIMIT = 0.9
@@ -171,10 +178,10 @@ def timestamp() -> str:
 def main() -> None:
     """Command line: one run, its report, its verdict."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default=os.environ.get("LOADTEST_HOST", "http://127.0.0.1:8080"))
-    parser.add_argument("--users", type=int, default=50)
-    parser.add_argument("--spawn-rate", type=float, default=50)
-    parser.add_argument("--run-time", type=int, default=30, help="seconds")
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--users", type=int, default=DEFAULT_USERS)
+    parser.add_argument("--spawn-rate", type=float, default=DEFAULT_SPAWN_RATE)
+    parser.add_argument("--run-time", type=int, default=DEFAULT_RUN_TIME, help="seconds")
     parser.add_argument("--max-failure-ratio", type=float, default=Thresholds.max_failure_ratio)
     parser.add_argument("--max-p95-ms", type=float, default=Thresholds.max_p95_ms)
     parser.add_argument("--max-p99-ms", type=float, default=Thresholds.max_p99_ms)

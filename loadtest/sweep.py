@@ -23,7 +23,16 @@ import psutil
 from deploy.native import gunicorn
 from deploy.native.processes import StackError, children
 from deploy.native.state import Stack
-from loadtest.run import LOCUST_CPU_LIMIT, RESULTS, RunResult, run_locust
+from loadtest.run import (
+    DEFAULT_HOST,
+    DEFAULT_RUN_TIME,
+    DEFAULT_SPAWN_RATE,
+    DEFAULT_USERS,
+    LOCUST_CPU_LIMIT,
+    RESULTS,
+    RunResult,
+    run_locust,
+)
 from loadtest.run import timestamp as make_timestamp
 from loadtest.thresholds import Thresholds, loopback_only
 from service.runtime.capacity import usable_cpus
@@ -250,14 +259,14 @@ def measure(args: argparse.Namespace, workers: int, out_dir: Path, prefix: str) 
     lenient = Thresholds(max_failure_ratio=1.0, max_p95_ms=1e9, max_p99_ms=1e9)
     if args.warmup:
         run_locust(
-            host=args.host, users=args.users, spawn_rate=args.users, seconds=args.warmup,
+            host=args.host, users=args.users, spawn_rate=args.spawn_rate, seconds=args.warmup,
             out_dir=out_dir, tag=f"warmup-{workers}", thresholds=lenient, reports=False,
         )  # fmt: skip
     print(f"{prefix} measuring for {args.run_time}s", flush=True)
     start = time.time()
     busy_before, total_before = _busy_and_total_cpu_seconds()
     result: RunResult | None = run_locust(
-        host=args.host, users=args.users, spawn_rate=args.users, seconds=args.run_time,
+        host=args.host, users=args.users, spawn_rate=args.spawn_rate, seconds=args.run_time,
         out_dir=out_dir, tag=f"workers-{workers}", thresholds=lenient,
     )  # fmt: skip
     assert result is not None  # noqa: S101 (reports were asked for)
@@ -282,16 +291,19 @@ def main() -> None:
     """Command line: sweep, report, restore."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="", help='e.g. "1 2 4" (default 1..2x CPUs)')
-    parser.add_argument("--host", default=os.environ.get("LOADTEST_HOST", "http://127.0.0.1:8080"))
+    parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument(
         "--prometheus",
         default=f"http://127.0.0.1:{os.environ.get('PROMETHEUS_PORT', '9090')}",
     )
-    parser.add_argument("--users", type=int, default=50)
-    parser.add_argument("--run-time", type=int, default=30, help="seconds per worker count")
+    parser.add_argument("--users", type=int, default=DEFAULT_USERS)
+    parser.add_argument("--spawn-rate", type=float, default=DEFAULT_SPAWN_RATE)
+    parser.add_argument(
+        "--run-time", type=int, default=DEFAULT_RUN_TIME, help="seconds per worker count"
+    )
     parser.add_argument("--warmup", type=int, default=5, help="seconds before each run")
-    parser.add_argument("--max-p99-ms", type=float, default=500.0)
-    parser.add_argument("--max-failure-ratio", type=float, default=0.01)
+    parser.add_argument("--max-p99-ms", type=float, default=Thresholds.max_p99_ms)
+    parser.add_argument("--max-failure-ratio", type=float, default=Thresholds.max_failure_ratio)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     try:

@@ -20,32 +20,45 @@ import httpx
 from sqlalchemy.engine import URL, make_url
 
 from deploy.native.processes import children
+from deploy.native.state import Stack as NativeStack
+from service.config import StackSettings
 from service.runtime.layout import RunLayout
 from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port
 
 
 @dataclass
 class Stack:
-    """One running stack: its ports, run dir and environment."""
+    """One running stack: the runner's view of it (ports, layout), its environment and its
+    database."""
 
-    run_dir: Path
-    http_port: int
-    ops_port: int
-    prometheus_port: int
+    native: NativeStack
     env: dict[str, str]
     database: URL
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return self.native.public_url
 
     @property
     def ops_url(self) -> str:
-        return f"http://127.0.0.1:{self.ops_port}"
+        return self.native.ops_url
 
     @property
     def prometheus_url(self) -> str:
-        return f"http://127.0.0.1:{self.prometheus_port}"
+        return self.native.prometheus_url
+
+    @property
+    def http_port(self) -> int:
+        return self.native.settings.http_port
+
+    @property
+    def ops_port(self) -> int:
+        return self.native.settings.ops_port
+
+    @property
+    def layout(self) -> RunLayout:
+        """Where this stack keeps its files."""
+        return self.native.layout
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a `python -m deploy.native` command against this stack."""
@@ -66,11 +79,6 @@ class Stack:
     async def arun(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """`run` without blocking the event loop (load keeps flowing meanwhile)."""
         return await asyncio.to_thread(self.run, *args, check=check)
-
-    @property
-    def layout(self) -> RunLayout:
-        """Where this stack keeps its files."""
-        return RunLayout(self.run_dir)
 
     def postgres(self, command: str) -> None:
         """`pg-cluster start|stop|crash` on the stack's private cluster (`make up`'s default)."""
@@ -134,24 +142,22 @@ def running_stack(
         database = make_url(f"postgresql+asyncpg://postgres@127.0.0.1:{postgres_port}/notes")
     else:
         env["DATABASE_URL"] = database.render_as_string(hide_password=False)
-    stack = Stack(
+    settings = StackSettings(
         run_dir=run_dir,
         http_port=free_port(),
         ops_port=free_port(),
         prometheus_port=free_port(),
-        env={
-            **env,
-            "RUN_DIR": str(run_dir),
-            "WEB_CONCURRENCY": str(workers),
-            "ENVIRONMENT": "test",
-        },
-        database=database,
+        nginx_exporter_port=free_port(),
     )
-    stack.env.update(extra_env or {})
-    stack.env["HTTP_PORT"] = str(stack.http_port)
-    stack.env["OPS_PORT"] = str(stack.ops_port)
-    stack.env["PROMETHEUS_PORT"] = str(stack.prometheus_port)
-    stack.env["NGINX_EXPORTER_PORT"] = str(free_port())
+    env.update(RUN_DIR=str(run_dir), WEB_CONCURRENCY=str(workers), ENVIRONMENT="test")
+    env.update(extra_env or {})
+    env.update(
+        HTTP_PORT=str(settings.http_port),
+        OPS_PORT=str(settings.ops_port),
+        PROMETHEUS_PORT=str(settings.prometheus_port),
+        NGINX_EXPORTER_PORT=str(settings.nginx_exporter_port),
+    )
+    stack = Stack(NativeStack(RunLayout(run_dir), settings), env, database)
     try:
         stack.run("up")
         yield stack

@@ -4,7 +4,7 @@ Both run as one uvicorn worker (uvloop, httptools, no access log) on the same da
 rows; wrk fetches random ids with 32 connections. Rounds alternate between the two so that
 machine noise hits both alike. Prints req/s, latency and the ratio service / bare.
 
-    uv run python loadtest/bench/read_path.py [--seconds 10] [--rounds 3] [--rows 10000]
+    uv run python -m loadtest.bench.read_path [--seconds 10] [--rounds 3] [--rows 10000]
 
 DATABASE_URL names a server; the benchmark makes and drops its own database there.
 """

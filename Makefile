@@ -127,6 +127,12 @@ loadtest: install ## Locust headless against the running stack: make loadtest US
 sweep: install ## The same load at several worker counts and a recommendation: make sweep WORKERS="1 2 4"
 	$(RUN) python -m loadtest.sweep --workers "$(WORKERS)" $(LOAD_FLAGS) $(call flag,WARMUP,--warmup)
 
+.PHONY: bench
+bench: install ## The service against hand-written FastAPI and Starlette on asyncpg, side by side: every ratio printed
+	deploy/native/install-deps wrk
+	$(RUN) python -m loadtest.bench.endpoints
+	$(RUN) python -m loadtest.bench.log_line
+
 .PHONY: migrate
 migrate: install ## Upgrade the database (DATABASE_URL) to head, under an advisory lock
 	$(RUN) alembic upgrade head

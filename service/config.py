@@ -104,6 +104,12 @@ class Settings(_FromEnvironment):
     idempotency_cleanup_interval: float = setting(
         600.0, "seconds between a worker's deletions of expired keys (jittered by ±50%)", gt=0
     )
+    access_log: bool = setting(
+        True, "one JSON line per request from the app (nginx keeps its own access log)"
+    )
+    request_metrics: bool = setting(
+        True, "http_requests_total, durations and in-progress per route and status"
+    )
     log_level: LogLevel = setting("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
     log_format: LogFormat = setting(
         "json", "`json` (one object per line) or `console` (coloured, for a person)"

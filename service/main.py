@@ -84,5 +84,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGuardMiddleware, timeout=settings.request_timeout)
     app.add_middleware(ServerTimingMiddleware)
     # Added last, so outermost: the metrics and the access line cover the whole request.
-    app.add_middleware(ObservabilityMiddleware, routes=route_table(app))
+    app.add_middleware(
+        ObservabilityMiddleware,
+        routes=route_table(app),
+        request_metrics=settings.request_metrics,
+        access_log=settings.access_log,
+    )
     return app

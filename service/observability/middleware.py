@@ -75,9 +75,18 @@ class ObservabilityMiddleware:
     from the X-Forwarded-For that nginx wrote. Unknown methods count as OTHER.
     """
 
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        routes: Sequence[BaseRoute],
+        *,
+        request_metrics: bool = True,
+        access_log: bool = True,
+    ) -> None:
         self.app = app
         self.resolver = RouteResolver(routes)
+        self.request_metrics = request_metrics
+        self.access_log = access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -89,8 +98,9 @@ class ObservabilityMiddleware:
         route = self.resolver.resolve(scope)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=_request_id(scope))
-        in_progress = HTTP_IN_PROGRESS.labels(method, route)
-        in_progress.inc()
+        in_progress = HTTP_IN_PROGRESS.labels(method, route) if self.request_metrics else None
+        if in_progress is not None:
+            in_progress.inc()
         status = 500
 
         async def send_and_record(message: Message) -> None:
@@ -103,16 +113,22 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send_and_record)
         finally:
             duration = time.perf_counter() - started
-            in_progress.dec()
-            HTTP_DURATION.labels(method, route).observe(duration)
-            HTTP_REQUESTS.labels(method, route, str(status)).inc()
-            client = scope.get("client")
-            logger.info(
-                "request",
-                method=scope["method"],
-                path=scope["path"],
-                route=route,
-                status=status,
-                duration_ms=round(duration * 1000, 3),
-                client_ip=client[0] if client else None,
-            )
+            if in_progress is not None:
+                in_progress.dec()
+                HTTP_DURATION.labels(method, route).observe(duration)
+                HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            if self.access_log:
+                self._log(scope, route, status, duration)
+
+    @staticmethod
+    def _log(scope: Scope, route: str, status: int, duration: float) -> None:
+        client = scope.get("client")
+        logger.info(
+            "request",
+            method=scope["method"],
+            path=scope["path"],
+            route=route,
+            status=status,
+            duration_ms=round(duration * 1000, 3),
+            client_ip=client[0] if client else None,
+        )

@@ -14,14 +14,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
 from service.config import get_settings
-from service.database.models import Base
+from service.database.models import metadata
 from service.idempotency import models as _idempotency_models  # noqa: F401  (registers its table)
 from service.notes import models as _notes_models  # noqa: F401  (registers the notes table)
 
 # Any constant bigint works; this one spells "notesmig" in ASCII.
 MIGRATION_LOCK_ID = 0x6E6F7465736D6967
 
-target_metadata = Base.metadata
+target_metadata = metadata
 
 if context.config.config_file_name is not None and context.config.attributes.get(
     "configure_logger", True

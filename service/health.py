@@ -5,12 +5,12 @@ import asyncio
 from pathlib import Path
 from typing import Annotated
 
+import asyncpg
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
-from sqlalchemy.exc import ProgrammingError, SQLAlchemyError
+from sqlalchemy.exc import SQLAlchemyError
 
-from service.database.connections import DatabaseDep
+from service.database.connections import DatabaseDep, DatabaseUnavailableError
 
 VERSIONS_DIR = Path(__file__).resolve().parent.parent / "migrations" / "versions"
 
@@ -67,11 +67,17 @@ async def readyz(
     try:
         # Bounded like a connection attempt, so a probe never hangs on a saturated pool.
         async with asyncio.timeout(request.state.settings.db_connect_timeout):
-            async with database.read_connection() as connection:
-                current = await connection.scalar(text("SELECT version_num FROM alembic_version"))
-    except ProgrammingError:
+            async with database.connection() as connection:
+                current = await connection.fetchval("SELECT version_num FROM alembic_version")
+    except asyncpg.UndefinedTableError:
         return _unavailable("schema not migrated: no alembic_version table")
-    except (SQLAlchemyError, OSError, TimeoutError):
+    except (
+        DatabaseUnavailableError,
+        SQLAlchemyError,
+        asyncpg.PostgresError,
+        OSError,
+        TimeoutError,
+    ):
         return _unavailable("database unreachable")
     if current not in heads:
         return _unavailable(f"schema at {current}, expected {', '.join(sorted(heads))}")

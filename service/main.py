@@ -16,13 +16,13 @@ from service import health
 from service.config import Settings, get_settings
 from service.database.connections import create_database
 from service.http.errors import register_error_handlers
-from service.http.guard import RequestGuardMiddleware
+from service.http.middleware import RequestMiddleware
 from service.idempotency import service as idempotency
+from service.notes.router import DIRECT_ROUTES
 from service.notes.router import router as notes_router
 from service.observability import metrics
 from service.observability.logging import configure_logging
-from service.observability.middleware import ObservabilityMiddleware
-from service.observability.timing import ServerTimingMiddleware
+from service.observability.requests import RequestObserver
 
 logger = structlog.get_logger(__name__)
 
@@ -31,14 +31,17 @@ ROUTERS = (health.router, metrics.router, notes_router)
 
 
 def route_table(app: FastAPI) -> list[BaseRoute]:
-    """Every route with its full template, in matching order: what metrics label by.
+    """Every documented route with its full template, in matching order: what metrics label
+    by. A direct route is labelled as the documented route it stands in for.
 
     FastAPI wraps included routers, so the routers' own routes are listed after the app's.
     """
-    return [
-        *(route for route in app.router.routes if isinstance(getattr(route, "path", None), str)),
-        *(route for router in ROUTERS for route in router.routes),
+    own = [
+        route
+        for route in app.router.routes
+        if isinstance(getattr(route, "path", None), str) and route not in DIRECT_ROUTES
     ]
+    return [*own, *(route for router in ROUTERS for route in router.routes)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -76,18 +79,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Interactive docs are a development aid; production serves only the API.
         docs_url="/docs" if settings.environment != "production" else None,
         redoc_url=None,
+        # The stack exports Prometheus metrics and JSON logs of its own; FastAPI's OpenTelemetry
+        # hooks would otherwise ask on every request whether a provider is configured.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    # First, so that they are tried before the documented routes they stand in for.
+    app.router.routes[:0] = DIRECT_ROUTES
     for router in ROUTERS:
         app.include_router(router)
     register_error_handlers(app)
-    # Innermost of ours: its 503 and 500 answers still get Server-Timing, metrics and a log line.
-    app.add_middleware(RequestGuardMiddleware, timeout=settings.request_timeout)
-    app.add_middleware(ServerTimingMiddleware)
-    # Added last, so outermost: the metrics and the access line cover the whole request.
-    app.add_middleware(
-        ObservabilityMiddleware,
-        routes=route_table(app),
+    observer = RequestObserver(
+        route_table(app),
         request_metrics=settings.request_metrics,
         access_log=settings.access_log,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
     )
+    app.add_middleware(RequestMiddleware, timeout=settings.request_timeout, observer=observer)
     return app

@@ -3,13 +3,14 @@
 No response body ever carries a traceback or SQL: those go to the log only. Every body can be
 encoded: a validation error that echoes the client's input replaces what strict JSON in UTF-8
 cannot carry.
-An exception no handler here answers is answered by `service.http.guard`.
+An exception no handler here answers is answered by `service.http.middleware`.
 """
 
 import math
 import re
 from typing import Any
 
+import asyncpg
 import structlog
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
@@ -18,8 +19,9 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
+from service.database.connections import DatabaseUnavailableError
 from service.exceptions import NotFoundError, PreconditionFailedError, UnprocessableRequestError
-from service.http.guard import RETRY_AFTER_SECONDS
+from service.http.middleware import RETRY_AFTER_SECONDS
 
 logger = structlog.get_logger(__name__)
 
@@ -84,8 +86,13 @@ async def _database_unavailable(request: Request, exc: Exception) -> JSONRespons
 
 
 async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    # Failures of the database itself are 503; anything else is our bug.
-    sqlstate = str(getattr(getattr(exc, "orig", None), "sqlstate", None) or "")
+    # Failures of the database itself are 503; anything else is our bug. asyncpg's errors
+    # carry their SQLSTATE; SQLAlchemy's (from the pool) wrap one.
+    sqlstate = str(
+        getattr(exc, "sqlstate", None)
+        or getattr(getattr(exc, "orig", None), "sqlstate", None)
+        or ""
+    )
     invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
     if invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASSES):
         return await _database_unavailable(request, exc)
@@ -101,6 +108,18 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnprocessableRequestError, _unprocessable)
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(PreconditionFailedError, _precondition_failed)
-    for unavailable in (PoolTimeoutError, OperationalError, InterfaceError, OSError, TimeoutError):
+    unavailable_errors = (
+        DatabaseUnavailableError,
+        PoolTimeoutError,
+        OperationalError,
+        InterfaceError,
+        OSError,
+        TimeoutError,
+    )
+    for unavailable in unavailable_errors:
         app.add_exception_handler(unavailable, _database_unavailable)
     app.add_exception_handler(DBAPIError, _database_error)
+    app.add_exception_handler(asyncpg.PostgresError, _database_error)
+    # A client-side driver error (a parameter it cannot encode) is our bug: 500, and the
+    # connection it happened on is discarded (service.database.connections).
+    app.add_exception_handler(asyncpg.InterfaceError, _database_error)

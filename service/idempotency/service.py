@@ -15,23 +15,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, cast
+from typing import Any
 
+import asyncpg
 import orjson
 import structlog
 from fastapi import Response
-from sqlalchemy import CursorResult, Interval, Table, bindparam, delete, func, select, update
+from sqlalchemy import Interval, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.database.connections import Database
+from service.database.statements import compiled
 from service.exceptions import UnprocessableRequestError
-from service.idempotency.models import IdempotencyKey
+from service.idempotency.models import idempotency_keys as keys
 
 logger = structlog.get_logger(__name__)
 
-keys = cast(Table, IdempotencyKey.__table__)
 
 REPLAYED_HEADER = "Idempotent-Replayed"
 # The response headers a replay must repeat; the rest are per response (Server-Timing, ...).
@@ -48,7 +48,7 @@ class IdempotencyKeyReusedError(UnprocessableRequestError):
         super().__init__(
             "this Idempotency-Key was sent with a different request (method, path, "
             "If-Match or body); use a new key for a new request",
-            loc=("header", "Idempotency-Key"),
+            loc=("header", "idempotency-key"),
             type="idempotency_key_reused",
         )
 
@@ -72,7 +72,7 @@ def fingerprint(method: str, path: str, if_match: str | None, body: bytes) -> by
 _expired = keys.c.created_at < func.now() - bindparam("ttl", type_=Interval)
 
 # Bound parameters may not share a column's name in INSERT and UPDATE: hence the prefixes.
-_CLAIM = (
+_CLAIM = compiled(
     insert(keys)
     .values(key=bindparam("request_key"), fingerprint=bindparam("request_fingerprint"))
     # An expired key is free again: take it over as if it were new.
@@ -83,10 +83,12 @@ _CLAIM = (
     )
     .returning(keys.c.key)
 )
-_STORED = select(keys.c.fingerprint, keys.c.status, keys.c.headers, keys.c.body).where(
-    keys.c.key == bindparam("request_key")
+_STORED = compiled(
+    select(keys.c.fingerprint, keys.c.status, keys.c.headers, keys.c.body).where(
+        keys.c.key == bindparam("request_key")
+    )
 )
-_STORE = (
+_STORE = compiled(
     update(keys)
     .where(keys.c.key == bindparam("request_key"))
     .values(
@@ -95,65 +97,75 @@ _STORE = (
         body=bindparam("response_body"),
     )
 )
+_LOCK_CLEANUP = compiled(select(func.pg_try_advisory_xact_lock(bindparam("lock_id"))))
+_DELETE_EXPIRED = compiled(
+    delete(keys).where(
+        keys.c.key.in_(
+            select(keys.c.key)
+            .where(_expired)
+            .order_by(keys.c.created_at)
+            .limit(bindparam("batch"))
+            .scalar_subquery()
+        )
+    )
+)
 
 
 async def run(
     *,
     database: Database,
     request: IdempotentRequest | None,
-    write: Callable[[AsyncSession], Awaitable[Response]],
+    write: Callable[[asyncpg.Connection], Awaitable[Response]],
 ) -> Response:
-    """Run `write` in one transaction; with a key, at most once: a retry gets the first
-    response again, marked with `Idempotent-Replayed: true`."""
-    async with database.transaction() as session:
-        if request is None:
-            return await write(session)
-        params = {
-            "request_key": request.key,
-            "request_fingerprint": request.fingerprint,
-            "ttl": timedelta(seconds=request.ttl),
-        }
-        if (await session.execute(_CLAIM, params)).first() is None:
-            return await _replay(session=session, request=request)
-        response = await write(session)
+    """Run `write`: without a key in autocommit (its statements commit as they run); with
+    one, at most once, in a transaction that stores its response: a retry gets that response
+    again, marked with `Idempotent-Replayed: true`."""
+    if request is None:
+        async with database.connection() as connection:
+            return await write(connection)
+    async with database.transaction() as connection:
+        ttl = timedelta(seconds=request.ttl)
+        claim = _CLAIM.arguments(
+            request_key=request.key, request_fingerprint=request.fingerprint, ttl=ttl
+        )
+        if await connection.fetchval(_CLAIM.sql, *claim) is None:
+            return await _replay(connection=connection, request=request)
+        response = await write(connection)
         headers = {
             name: response.headers[name] for name in _STORED_HEADERS if name in response.headers
         }
-        stored = {
-            "request_key": request.key,
-            "response_status": response.status_code,
-            "response_headers": headers,
-            "response_body": response.body,
-        }
-        await session.execute(_STORE, stored)
+        store = _STORE.arguments(
+            request_key=request.key,
+            response_status=response.status_code,
+            response_headers=orjson.dumps(headers).decode(),
+            response_body=bytes(response.body),
+        )
+        await connection.execute(_STORE.sql, *store)
         return response
 
 
-async def _replay(*, session: AsyncSession, request: IdempotentRequest) -> Response:
+async def _replay(*, connection: asyncpg.Connection, request: IdempotentRequest) -> Response:
     # The claim waited for any transaction holding the key, so what it stored is visible.
-    stored = (await session.execute(_STORED, {"request_key": request.key})).one()
-    if stored.fingerprint != request.fingerprint:
+    stored = await connection.fetchrow(_STORED.sql, request.key)
+    if stored["fingerprint"] != request.fingerprint:
         raise IdempotencyKeyReusedError
-    headers: dict[str, Any] = {**stored.headers, REPLAYED_HEADER: "true"}
-    return Response(content=stored.body, status_code=stored.status, headers=headers)
+    # SQLAlchemy's dialect gives its asyncpg connections a jsonb codec: JSON text in, objects out.
+    headers: dict[str, Any] = {**stored["headers"], REPLAYED_HEADER: "true"}
+    return Response(content=stored["body"], status_code=stored["status"], headers=headers)
 
 
 async def delete_expired(*, database: Database, ttl: float) -> int:
     """Delete keys older than `ttl` seconds, a batch per transaction; one worker at a time."""
     deleted = 0
-    oldest = select(keys.c.key).where(_expired).order_by(keys.c.created_at).limit(_CLEANUP_BATCH)
+    arguments = _DELETE_EXPIRED.arguments(ttl=timedelta(seconds=ttl), batch=_CLEANUP_BATCH)
     while True:
-        async with database.transaction() as session:
-            locked = await session.scalar(select(func.pg_try_advisory_xact_lock(_CLEANUP_LOCK_ID)))
-            if not locked:
+        async with database.transaction() as connection:
+            if not await connection.fetchval(_LOCK_CLEANUP.sql, _CLEANUP_LOCK_ID):
                 return deleted
-            statement = delete(keys).where(keys.c.key.in_(oldest.scalar_subquery()))
-            result = cast(
-                CursorResult[Any],
-                await session.execute(statement, {"ttl": timedelta(seconds=ttl)}),
-            )
-        deleted += result.rowcount
-        if result.rowcount < _CLEANUP_BATCH:
+            status = await connection.execute(_DELETE_EXPIRED.sql, *arguments)
+        count = int(status.rsplit(" ", 1)[1])  # "DELETE <count>"
+        deleted += count
+        if count < _CLEANUP_BATCH:
             return deleted
 
 
@@ -167,7 +179,7 @@ async def expiring_keys(*, database: Database, ttl: float, interval: float) -> A
             await asyncio.sleep(interval * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
             try:
                 deleted = await delete_expired(database=database, ttl=ttl)
-            except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            except (SQLAlchemyError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
                 logger.warning("idempotency_cleanup_failed", error=type(exc).__name__)
                 continue
             if deleted:

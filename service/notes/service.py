@@ -1,30 +1,31 @@
 """Queries of the notes domain; every function takes keyword-only arguments.
 
-Reads open their own autocommit connection; writes run on the caller's session, inside the
-transaction the caller opened (`service.idempotency.service.run`), so that an Idempotency-Key
-and its stored outcome commit together with the write.
+Each statement is SQLAlchemy Core on the notes table, compiled once to asyncpg's SQL
+(`service.database.statements`). Reads take a pooled connection of their own; writes run on
+the connection the caller holds (`service.idempotency.service.run`): in autocommit, or in the
+transaction that stores an Idempotency-Key with the write.
 """
 
-import asyncio
 import time
-from datetime import datetime
+from collections.abc import Mapping
+from functools import cache
 from typing import Any, cast
 
-from sqlalchemy import Row, Table, bindparam, delete, func, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+import asyncpg
+from sqlalchemy import BigInteger, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from service.database.connections import Database
+from service.database.statements import Query, compiled
 from service.notes.etag import IfMatch
 from service.notes.exceptions import NoteNotFoundError, NoteVersionMismatchError
-from service.notes.models import Note
+from service.notes.models import notes
 from service.notes.schemas import NoteCreate, NoteStats
 from service.observability.timing import record_timing
 
-notes = cast(Table, Note.__table__)
-
-# Plain Core statements on the table: SQLAlchemy caches their compiled form and asyncpg
-# keeps each one prepared per connection, so a read is one round trip with no ORM overhead.
-NoteRow = Row[tuple[int, str, bool, int, datetime, datetime]]
+# A row of the notes table as asyncpg returns it: id, text, completed, version, created_at,
+# updated_at, by name.
+NoteRow = Mapping[str, Any]
 _NOTE_COLUMNS = (
     notes.c.id,
     notes.c.text,
@@ -33,16 +34,54 @@ _NOTE_COLUMNS = (
     notes.c.created_at,
     notes.c.updated_at,
 )
+_VERSIONS = bindparam("versions", type_=ARRAY(BigInteger))
+
+_SELECT_NOTE = compiled(select(*_NOTE_COLUMNS).where(notes.c.id == bindparam("note_id")))
+_NOTE_EXISTS = compiled(select(notes.c.id).where(notes.c.id == bindparam("note_id")))
+_INSERT_NOTE = compiled(
+    insert(notes)
+    .values(text=bindparam("new_text"), completed=bindparam("new_completed"))
+    .returning(*_NOTE_COLUMNS)
+)
+_COUNTS = compiled(
+    select(
+        func.count().filter(notes.c.completed).label("completed"),
+        func.count().filter(~notes.c.completed).label("open"),
+    ).select_from(notes)
+)
 
 
-# Built once: the hottest statement skips expression building and cache-key generation.
-_SELECT_NOTE = select(*_NOTE_COLUMNS).where(notes.c.id == bindparam("note_id"))
+@cache
+def _list_query(*, after: bool, filtered: bool) -> Query:
+    statement = select(*_NOTE_COLUMNS).order_by(notes.c.id).limit(bindparam("limit"))
+    if after:
+        statement = statement.where(notes.c.id > bindparam("after_id"))
+    if filtered:
+        statement = statement.where(notes.c.completed == bindparam("state"))
+    return compiled(statement)
+
+
+@cache
+def _update_query(fields: frozenset[str], *, versioned: bool) -> Query:
+    conditions = [notes.c.id == bindparam("note_id")]
+    if versioned:
+        conditions.append(notes.c.version == any_(_VERSIONS))
+    values: dict[str, Any] = {name: bindparam(f"new_{name}") for name in sorted(fields)}
+    return compiled(update(notes).where(*conditions).values(values).returning(*_NOTE_COLUMNS))
+
+
+@cache
+def _delete_query(*, versioned: bool) -> Query:
+    conditions = [notes.c.id == bindparam("note_id")]
+    if versioned:
+        conditions.append(notes.c.version == any_(_VERSIONS))
+    return compiled(delete(notes).where(*conditions).returning(notes.c.id))
 
 
 async def get_note(*, database: Database, note_id: int) -> NoteRow:
     """The note with this id, or NoteNotFoundError."""
-    async with database.read_connection() as connection:
-        row = (await connection.execute(_SELECT_NOTE, {"note_id": note_id})).first()
+    async with database.connection() as connection:
+        row = await connection.fetchrow(_SELECT_NOTE.sql, note_id)
     if row is None:
         raise NoteNotFoundError(note_id)
     return cast(NoteRow, row)
@@ -52,86 +91,78 @@ async def list_notes(
     *, database: Database, limit: int, completed: bool | None, after_id: int | None
 ) -> tuple[list[NoteRow], bool]:
     """Up to `limit` notes with ids above `after_id`, ascending, and whether more follow."""
-    statement = select(*_NOTE_COLUMNS).order_by(notes.c.id).limit(limit + 1)
-    if after_id is not None:
-        statement = statement.where(notes.c.id > after_id)
-    if completed is not None:
-        statement = statement.where(notes.c.completed == completed)
-    async with database.read_connection() as connection:
-        rows = cast(list[NoteRow], (await connection.execute(statement)).all())
+    query = _list_query(after=after_id is not None, filtered=completed is not None)
+    arguments = query.arguments(limit=limit + 1, after_id=after_id, state=completed)
+    async with database.connection() as connection:
+        rows = await connection.fetch(query.sql, *arguments)
     return rows[:limit], len(rows) > limit
 
 
-async def create_note(*, session: AsyncSession, note_in: NoteCreate) -> NoteRow:
+async def create_note(*, connection: asyncpg.Connection, note_in: NoteCreate) -> NoteRow:
     """Insert a note; the database assigns id, version and timestamps."""
-    statement = insert(notes).values(note_in.model_dump()).returning(*_NOTE_COLUMNS)
-    return cast(NoteRow, (await session.execute(statement)).one())
+    arguments = _INSERT_NOTE.arguments(new_text=note_in.text, new_completed=note_in.completed)
+    return cast(NoteRow, await connection.fetchrow(_INSERT_NOTE.sql, *arguments))
 
 
 async def update_note(
-    *, session: AsyncSession, note_id: int, changes: dict[str, Any], if_match: IfMatch | None
+    *,
+    connection: asyncpg.Connection,
+    note_id: int,
+    changes: dict[str, Any],
+    if_match: IfMatch | None,
 ) -> NoteRow:
     """Apply `changes` if the note exists and matches `if_match`; the version check and the
     write are one UPDATE, so of two writers holding the same ETag exactly one succeeds."""
     if not changes:
-        row = (await session.execute(_SELECT_NOTE, {"note_id": note_id})).first()
+        row = await connection.fetchrow(_SELECT_NOTE.sql, note_id)
         if row is None:
             raise NoteNotFoundError(note_id)
-        if if_match is not None and not if_match.matches(row.version):
+        if if_match is not None and not if_match.matches(row["version"]):
             raise NoteVersionMismatchError(note_id)
         return cast(NoteRow, row)
 
-    statement = (
-        update(notes)
-        .where(notes.c.id == note_id, *_version_condition(if_match))
-        .values(changes)
-        .returning(*_NOTE_COLUMNS)
-    )
-    row = (await session.execute(statement)).first()
+    versioned = if_match is not None and not if_match.any_version
+    query = _update_query(frozenset(changes), versioned=versioned)
+    values = {f"new_{name}": value for name, value in changes.items()}
+    arguments = query.arguments(note_id=note_id, versions=_versions(if_match), **values)
+    row = await connection.fetchrow(query.sql, *arguments)
     if row is None:
-        raise await _missing_or_changed(session=session, note_id=note_id)
+        raise await _missing_or_changed(connection=connection, note_id=note_id)
     return cast(NoteRow, row)
 
 
-async def delete_note(*, session: AsyncSession, note_id: int, if_match: IfMatch | None) -> None:
+async def delete_note(
+    *, connection: asyncpg.Connection, note_id: int, if_match: IfMatch | None
+) -> None:
     """Delete the note if it exists and matches `if_match`."""
-    statement = (
-        delete(notes)
-        .where(notes.c.id == note_id, *_version_condition(if_match))
-        .returning(notes.c.id)
-    )
-    if (await session.execute(statement)).first() is None:
-        raise await _missing_or_changed(session=session, note_id=note_id)
+    query = _delete_query(versioned=if_match is not None and not if_match.any_version)
+    arguments = query.arguments(note_id=note_id, versions=_versions(if_match))
+    if await connection.fetchrow(query.sql, *arguments) is None:
+        raise await _missing_or_changed(connection=connection, note_id=note_id)
 
 
 async def count_notes(*, database: Database) -> NoteStats:
-    """Count completed and open notes concurrently, each on its own connection.
+    """Count completed and open notes in one statement.
 
-    total is their sum, so the three numbers always agree even while notes are written.
+    One statement sees one snapshot, so a note changing state while it runs is counted once,
+    and `total` is their sum: the three numbers always agree. It takes one connection, so
+    stats requests never hold one while they wait for a second (two counts fanned out on two
+    connections made every stats request queue twice, and queue behind each other).
     """
-    async with database.read_connections(2) as (first, second):
-        completed, open_ = await asyncio.gather(
-            _count(connection=first, completed=True), _count(connection=second, completed=False)
-        )
+    started = time.perf_counter()
+    async with database.connection() as connection:
+        row = await connection.fetchrow(_COUNTS.sql)
+    record_timing("db", time.perf_counter() - started)
+    completed, open_ = int(row["completed"]), int(row["open"])
     return NoteStats(total=completed + open_, completed=completed, open=open_)
 
 
-async def _count(*, connection: AsyncConnection, completed: bool) -> int:
-    started = time.perf_counter()
-    statement = select(func.count()).select_from(notes).where(notes.c.completed == completed)
-    count = await connection.scalar(statement)
-    record_timing("db-completed" if completed else "db-open", time.perf_counter() - started)
-    return int(count or 0)
-
-
-def _version_condition(if_match: IfMatch | None) -> list[Any]:
-    if if_match is None or if_match.any_version:
-        return []
-    return [notes.c.version.in_(if_match.versions)]
+def _versions(if_match: IfMatch | None) -> list[int]:
+    return sorted(if_match.versions) if if_match is not None else []
 
 
 async def _missing_or_changed(
-    *, session: AsyncSession, note_id: int
+    *, connection: asyncpg.Connection, note_id: int
 ) -> NoteNotFoundError | NoteVersionMismatchError:
-    exists = await session.scalar(select(notes.c.id).where(notes.c.id == note_id))
+    exists = await connection.fetchval(_NOTE_EXISTS.sql, note_id)
     return NoteNotFoundError(note_id) if exists is None else NoteVersionMismatchError(note_id)

@@ -19,6 +19,8 @@ from prometheus_client import generate_latest as generate_single_process
 
 from service.observability import metrics_store
 
+metrics_store.cache_pid_for_values()
+
 # Reads by id take about a millisecond: resolve well below it, and up to timeouts above.
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+from prometheus_client import CollectorRegistry, generate_latest, multiprocess, values
 from prometheus_client.mmap_dict import MmapedDict
 
 ARCHIVED_TYPES = ("counter", "histogram")
@@ -68,3 +68,27 @@ def configured_multiprocess_dir() -> Path | None:
     """The multiprocess directory this process writes to, if any."""
     value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     return Path(value) if value else None
+
+
+# The pid each value write checks its file against, refreshed in a forked child: what
+# prometheus_client asks `os.getpid()` on every single write, a system call that py-spy put at
+# a third of the metrics' cost on a read (docs/performance.md).
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid  # noqa: PLW0603 (the one process-wide value, set once per fork)
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
+
+
+def cache_pid_for_values() -> None:
+    """In multiprocess mode, make metrics created from now on check the pid cached above.
+
+    prometheus_client documents the identifier as replaceable if it differs between processes
+    running at the same time, which a pid refreshed at every fork does.
+    """
+    if values.ValueClass is not values.MutexValue:
+        values.ValueClass = values.MultiProcessValue(process_identifier=lambda: _pid)

@@ -1,9 +1,6 @@
-"""Server-Timing: a pure ASGI middleware and a way for handlers to add their own entries."""
+"""Server-Timing: handlers add their own entries; the request middleware writes the header."""
 
-import time
-from contextvars import ContextVar
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from contextvars import ContextVar, Token
 
 _timings: ContextVar[list[str] | None] = ContextVar("server_timings", default=None)
 
@@ -15,32 +12,17 @@ def record_timing(name: str, duration_seconds: float) -> None:
         timings.append(f"{name};dur={duration_seconds * 1000:.2f}")
 
 
-class ServerTimingMiddleware:
-    """Adds `Server-Timing: ..., app;dur=<ms>` to every HTTP response.
+def collect_timings() -> tuple[list[str], Token[list[str] | None]]:
+    """Start collecting the current request's entries; reset the token when it ends."""
+    timings: list[str] = []
+    return timings, _timings.set(timings)
 
-    `app` runs from the moment the request reaches the app to the moment its headers are sent.
-    """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+def stop_collecting(token: Token[list[str] | None]) -> None:
+    """The request has ended: later entries go nowhere."""
+    _timings.reset(token)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
 
-        started = time.perf_counter()
-        timings: list[str] = []
-        token = _timings.set(timings)
-
-        async def send_with_timing(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                elapsed_ms = (time.perf_counter() - started) * 1000
-                value = ", ".join([*timings, f"app;dur={elapsed_ms:.2f}"]).encode("latin-1")
-                message["headers"] = [*message.get("headers", ()), (b"server-timing", value)]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_timing)
-        finally:
-            _timings.reset(token)
+def server_timing_header(timings: list[str], app_seconds: float) -> bytes:
+    """The header's value: the handlers' entries, then `app;dur=<ms>` for the whole app."""
+    return ", ".join([*timings, f"app;dur={app_seconds * 1000:.2f}"]).encode("latin-1")

@@ -65,7 +65,7 @@ async def test_the_same_key_with_another_request_is_422_and_writes_nothing(
     for response in (other_body, other_route):
         assert response.status_code == 422
         error = response.json()["detail"][0]
-        assert error["loc"] == ["header", "Idempotency-Key"]
+        assert error["loc"] == ["header", "idempotency-key"]
         assert error["type"] == "idempotency_key_reused"
     note = await client.get(first.headers["location"])
     assert note.json()["completed"] is False

@@ -3,11 +3,12 @@
 import asyncio
 import time
 
+import asyncpg
 import httpx
 from sqlalchemy.engine import URL
 
 from tests.apps import app_client
-from tests.postgres import locked_table
+from tests.postgres import asyncpg_dsn, locked_table
 
 NOTES = "/api/v1/notes"
 
@@ -75,34 +76,40 @@ async def test_concurrent_deletes_with_one_etag_give_one_winner(
     assert set(statuses) <= {204, 404, 412}
 
 
-async def test_stats_counts_run_at_the_same_time(
+async def test_stats_agree_with_the_table_while_notes_change_state(
     client: httpx.AsyncClient, database_url: URL
 ) -> None:
-    """Both counts must be waiting on the table at once: proof they are not sequential."""
-    async with locked_table(database_url) as blocker:
-        request = asyncio.create_task(client.get(f"{NOTES}/stats"))
+    """Notes flip between completed and open while stats are read: a note must be counted
+    exactly once, so every total equals the number of rows (counts taken at two moments,
+    as two statements, would count a note that moved in between twice or not at all)."""
+    ids = [(await client.post(NOTES, json={"text": "flips"})).json()["id"] for _ in range(20)]
+    connection = await asyncpg.connect(asyncpg_dsn(database_url))
+    try:
+        rows = await connection.fetchval("SELECT count(*) FROM notes")
+    finally:
+        await connection.close()
+    stop = asyncio.Event()
 
-        waiting = 0
-        for _ in range(100):
-            # Inside a transaction pg_stat_activity is a snapshot: take a new one each time.
-            await blocker.execute("SELECT pg_stat_clear_snapshot()")
-            waiting = await blocker.fetchval(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock' "
-                "AND query LIKE 'SELECT count(*)%'"
-            )
-            if waiting >= 2:
-                break
-            await asyncio.sleep(0.05)
-    response = await request
+    async def flip() -> None:
+        state = True
+        while not stop.is_set():
+            for note_id in ids:
+                await client.patch(f"{NOTES}/{note_id}", json={"completed": state})
+            state = not state
 
-    assert waiting == 2
-    assert response.status_code == 200
+    flipper = asyncio.create_task(flip())
+    totals = []
+    for _ in range(60):
+        stats = (await client.get(f"{NOTES}/stats")).json()
+        assert stats["total"] == stats["completed"] + stats["open"]
+        totals.append(stats["total"])
+    stop.set()
+    await flipper
+    assert set(totals) == {rows}
 
 
 async def test_many_concurrent_stats_on_a_small_pool_never_deadlock(database_url: URL) -> None:
-    """Each stats request needs two connections; with room for only two, requests that each
-    held one and waited for a second would starve each other until the pool timeout."""
+    """More stats requests than connections: each waits for one connection, in turn."""
     async with app_client(database_url, db_pool_size=2, db_pool_timeout=5.0) as small:
         responses = await asyncio.gather(*(small.get(f"{NOTES}/stats") for _ in range(20)))
     assert [response.status_code for response in responses] == [200] * 20

@@ -18,7 +18,7 @@ from service.database.connections import create_database
 from service.http.errors import register_error_handlers
 from service.http.middleware import RequestMiddleware
 from service.idempotency import service as idempotency
-from service.notes.router import DIRECT_ROUTES
+from service.notes.direct import DirectRoute, direct_routes
 from service.notes.router import router as notes_router
 from service.observability import metrics
 from service.observability.logging import configure_logging
@@ -39,7 +39,7 @@ def route_table(app: FastAPI) -> list[BaseRoute]:
     own = [
         route
         for route in app.router.routes
-        if isinstance(getattr(route, "path", None), str) and route not in DIRECT_ROUTES
+        if isinstance(getattr(route, "path", None), str) and not isinstance(route, DirectRoute)
     ]
     return [*own, *(route for router in ROUTERS for route in router.routes)]
 
@@ -84,7 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     # First, so that they are tried before the documented routes they stand in for.
-    app.router.routes[:0] = DIRECT_ROUTES
+    app.router.routes[:0] = direct_routes(notes_router.routes)
     for router in ROUTERS:
         app.include_router(router)
     register_error_handlers(app)

@@ -10,8 +10,6 @@ import asyncpg
 import orjson
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 from pydantic import BeforeValidator
-from starlette.convertors import IntegerConvertor, register_url_convertor
-from starlette.routing import Route
 
 from service.database.connections import Database, DatabaseDep
 from service.database.models import BIGINT_MAX, BIGINT_MIN
@@ -94,12 +92,17 @@ async def create_note(
     note_in: NoteCreate, request: Request, idempotency_key: IdempotencyKeyHeader = None
 ) -> Response:
     """Create a note."""
+    return await create(request, idempotency_key, note_in)
 
-    async def create(connection: asyncpg.Connection) -> Response:
+
+async def create(request: Request, key: str | None, note_in: NoteCreate) -> Response:
+    """The answer to a valid POST: what the documented route and the direct one both run."""
+
+    async def insert(connection: asyncpg.Connection) -> Response:
         row = await service.create_note(connection=connection, note_in=note_in)
         return _note_response(row, status_code=status.HTTP_201_CREATED)
 
-    return await _write(request, idempotency_key, create)
+    return await _write(request, key, insert)
 
 
 @router.get("", response_model=NotePage, responses=error_responses(503))
@@ -126,33 +129,12 @@ async def note_stats(database: DatabaseDep) -> NoteStats:
 @router.get("/{note_id}", response_model=Note, responses=error_responses(404, 503, etag=True))
 async def get_note(note_id: NoteId, database: DatabaseDep) -> Response:
     """Read one note."""
+    return await read(database, note_id)
+
+
+async def read(database: Database, note_id: int) -> Response:
+    """The answer to a GET of a valid id: what the documented route and the direct one run."""
     return _note_response(await service.get_note(database=database, note_id=note_id))
-
-
-class _ShortIdConvertor(IntegerConvertor):
-    """Up to 18 digits: always a valid bigint, so there is nothing left to validate."""
-
-    regex = "[0-9]{1,18}"
-
-
-register_url_convertor("short_id", _ShortIdConvertor())
-
-
-async def _get_note_directly(request: Request) -> Response:
-    database: Database = request.state.database
-    note_id: int = request.path_params["note_id"]
-    return _note_response(await service.get_note(database=database, note_id=note_id))
-
-
-# The hottest request is served without FastAPI's per-request machinery (dependency solving,
-# parameter validation, its route wrappers): a third of a read's CPU, measured with py-spy
-# under wrk (docs/performance.md). A plain Starlette route, tried before the documented one,
-# takes ids that need no validation; everything else (a sign, 19 digits or more, not a number)
-# falls through to `get_note` above, which answers it as the OpenAPI says. Same handler, same
-# answers, same error handlers (the app's, which Starlette's routing applies too).
-DIRECT_ROUTES = [
-    Route("/api/v1/notes/{note_id:short_id}", _get_note_directly, methods=["GET"]),
-]
 
 
 @router.patch(
@@ -168,7 +150,7 @@ async def update_note(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Change some fields of a note."""
-    return await _update(request, idempotency_key, note_id, changes.changes(), if_match)
+    return await update(request, idempotency_key, note_id, changes.changes(), if_match)
 
 
 @router.put(
@@ -184,25 +166,26 @@ async def replace_note(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response:
     """Replace every field of a note."""
-    return await _update(request, idempotency_key, note_id, note_in.model_dump(), if_match)
+    return await update(request, idempotency_key, note_id, note_in.model_dump(), if_match)
 
 
-async def _update(
+async def update(
     request: Request,
     key: str | None,
     note_id: int,
     changes: dict[str, Any],
     if_match: str | None,
 ) -> Response:
+    """The answer to a valid PATCH or PUT: what the documented routes and the direct one run."""
     precondition = None if if_match is None else parse_if_match(if_match, note_id)
 
-    async def update(connection: asyncpg.Connection) -> Response:
+    async def apply(connection: asyncpg.Connection) -> Response:
         row = await service.update_note(
             connection=connection, note_id=note_id, changes=changes, if_match=precondition
         )
         return _note_response(row)
 
-    return await _write(request, key, update)
+    return await _write(request, key, apply)
 
 
 @router.delete(

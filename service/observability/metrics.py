@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, His
 from prometheus_client import generate_latest as generate_single_process
 
 from service.observability import metrics_store
+from service.runtime.cgroups import cpu_allowance
 
 metrics_store.cache_pid_for_values()
 
@@ -82,6 +83,12 @@ WORKER_CPU = Gauge(
     "CPU time (user + system) a worker has used since it started; rate() gives its CPU use.",
     multiprocess_mode="liveall",
 )
+WORKER_CPU_LIMIT = Gauge(
+    "worker_cpu_limit_cores",
+    "The most CPU a worker may use, in cores: its cgroup's CPU quota (a container's limit, or "
+    "the scaling lab's cap), else the CPUs it may run on.",
+    multiprocess_mode="liveall",
+)
 WORKER_MEMORY = Gauge(
     "worker_resident_memory_bytes", "A worker's resident memory.", multiprocess_mode="liveall"
 )
@@ -102,6 +109,7 @@ _PAGE_SIZE = resource.getpagesize()
 def _sample_worker() -> None:
     times = os.times()
     WORKER_CPU.set(times.user + times.system)
+    WORKER_CPU_LIMIT.set(cpu_allowance())
     with open("/proc/self/statm", "rb") as statm:
         WORKER_MEMORY.set(int(statm.read().split()[1]) * _PAGE_SIZE)
 

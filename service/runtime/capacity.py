@@ -11,11 +11,11 @@ import math
 import os
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 
 from service.config import Settings, load_settings
+from service.runtime.cgroups import cpu_limit
 
 # Connections kept free beside the workers' pools: one for a migration run, the rest for an
 # operator's psql, monitoring and a backup.
@@ -30,23 +30,10 @@ def usable_cpus() -> int:
     CPUs on a 64-core host would start 64 workers.
     """
     cpus = len(os.sched_getaffinity(0))
-    quota = _cgroup_cpu_quota()
+    quota = cpu_limit()
     if quota is not None:
         cpus = min(cpus, max(1, math.ceil(quota)))
     return cpus
-
-
-def _cgroup_cpu_quota() -> float | None:
-    v2 = Path("/sys/fs/cgroup/cpu.max")
-    if v2.exists():
-        quota, _, period = v2.read_text().partition(" ")
-        return None if quota == "max" else int(quota) / int(period)
-    v1_quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
-    v1_period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
-    if v1_quota.exists() and v1_period.exists():
-        quota_us = int(v1_quota.read_text())
-        return None if quota_us <= 0 else quota_us / int(v1_period.read_text())
-    return None
 
 
 def default_workers() -> int:

@@ -1,0 +1,176 @@
+"""The scaling lab's CPU caps: each gunicorn worker in a cgroup of its own, allowed a fraction
+of a CPU, so that a small machine shows how throughput grows with workers on a big one.
+
+    caps = CpuCaps.create("notes-lab", cores=0.2)   # CpuCapsUnavailableError says why not
+    caps.apply(worker_pids)                          # again whenever workers change
+    caps.release()                                   # every process back where it was
+
+Works with the cgroup v1 `cpu` controller and with cgroup v2 where it carries `cpu`; both need
+root (or a delegated subtree). The caps belong to the lab, not to the stack: a worker started
+after `apply` runs uncapped until the next `apply`, which `CapKeeper` calls for you.
+"""
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from service.runtime.cgroups import CpuHierarchy, cpu_hierarchy
+
+# CFS period: the quota is spent over windows this long. The kernel's default, 100 ms, lets a
+# worker capped at 0.2 CPU run 20 ms and then freezes it for 80: every request caught in the
+# freeze waits for it. 10 ms windows spread the same share finely.
+PERIOD_US = 10_000
+# Below this, a cap is mostly scheduling noise (the kernel's minimum quota is 1 ms).
+MIN_CORES = 0.01
+
+
+class CpuCapsUnavailableError(RuntimeError):
+    """This machine cannot cap a process's CPU here, and the message says why."""
+
+
+class CpuCaps:
+    """A cgroup `<name>/worker-<pid>` per capped process, each with the same CPU quota."""
+
+    def __init__(self, hierarchy: CpuHierarchy, parent: Path, cores: float) -> None:
+        self.hierarchy = hierarchy
+        self.parent = parent
+        self.cores = cores
+        # Each capped pid and the cgroup it came from, to go back to.
+        self._origins: dict[int, Path] = {}
+
+    @classmethod
+    def create(cls, name: str, cores: float) -> "CpuCaps":
+        """Make the lab's parent cgroup; CpuCapsUnavailableError with the reason if it cannot."""
+        if cores < MIN_CORES:
+            msg = f"a CPU cap must be at least {MIN_CORES} of a CPU, not {cores:g}"
+            raise CpuCapsUnavailableError(msg)
+        hierarchy = cpu_hierarchy()
+        if hierarchy is None:
+            msg = (
+                "CPU caps need a cgroup CPU controller, and none is mounted: neither a cgroup "
+                "v1 `cpu` hierarchy (usually /sys/fs/cgroup/cpu) nor a cgroup v2 hierarchy "
+                "with `cpu` in cgroup.controllers"
+            )
+            raise CpuCapsUnavailableError(msg)
+        parent = hierarchy.mount / name
+        try:
+            if hierarchy.version == 2:
+                # v2 hands a controller down one level at a time, from the root.
+                _enable_cpu(hierarchy.mount)
+            parent.mkdir(exist_ok=True)
+            if hierarchy.version == 2:
+                _enable_cpu(parent)
+        except OSError as exc:
+            msg = (
+                f"CPU caps need to write to the {hierarchy.version_name} CPU controller at "
+                f"{hierarchy.mount}, and cannot ({exc.strerror}): run as root, or delegate "
+                "that subtree to this user"
+            )
+            raise CpuCapsUnavailableError(msg) from exc
+        return cls(hierarchy, parent, cores)
+
+    @property
+    def capped(self) -> set[int]:
+        """The pids capped now (some may have exited since)."""
+        return set(self._origins)
+
+    def apply(self, pids: Iterable[int]) -> list[int]:
+        """Cap each pid not capped yet, in a cgroup of its own; the pids newly capped."""
+        newly = []
+        for pid in pids:
+            if pid in self._origins:
+                continue
+            try:
+                origin = self.hierarchy.group_of(pid)
+            except (FileNotFoundError, ProcessLookupError, LookupError):
+                continue  # it exited meanwhile
+            group = self.parent / f"worker-{pid}"
+            group.mkdir(exist_ok=True)
+            self.write_quota(group)
+            try:
+                (group / "cgroup.procs").write_text(str(pid))
+            except ProcessLookupError:
+                group.rmdir()
+                continue
+            self._origins[pid] = origin
+            newly.append(pid)
+        self._remove_empty()
+        return newly
+
+    def release(self) -> None:
+        """Every capped process back into its own cgroup; the lab's cgroups removed."""
+        for pid, origin in self._origins.items():
+            with contextlib.suppress(ProcessLookupError, FileNotFoundError):
+                (origin / "cgroup.procs").write_text(str(pid))
+        self._origins.clear()
+        self._remove_empty()
+        with contextlib.suppress(OSError):
+            self.parent.rmdir()
+
+    def write_quota(self, group: Path) -> None:
+        """Give `group` this lab's quota, in the format of its cgroup version."""
+        quota_us = round(self.cores * PERIOD_US)
+        if self.hierarchy.version == 2:
+            (group / "cpu.max").write_text(f"{quota_us} {PERIOD_US}")
+        else:
+            (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota_us))
+
+    def _remove_empty(self) -> None:
+        """Remove the cgroups whose process has exited (a cgroup is removed with rmdir)."""
+        for group in self.parent.glob("worker-*"):
+            with contextlib.suppress(OSError):  # EBUSY while its process lives
+                group.rmdir()
+        for pid in [pid for pid in self._origins if not _alive(pid)]:
+            del self._origins[pid]
+
+
+def _enable_cpu(group: Path) -> None:
+    control = group / "cgroup.subtree_control"
+    if "cpu" not in control.read_text().split():
+        control.write_text("+cpu")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CapKeeper:
+    """Keeps every process that `pids()` names capped, checking every `interval` seconds, so a
+    worker forked by a scale or a recycle is capped within that time."""
+
+    def __init__(self, caps: CpuCaps, pids: Callable[[], Iterable[int]], interval: float = 0.25):
+        self.caps = caps
+        self.pids = pids
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cap-keeper", daemon=True)
+
+    def sync(self) -> list[int]:
+        """Cap the processes that are not yet; the pids newly capped."""
+        return self.caps.apply(self.pids())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(OSError, LookupError):
+                self.sync()
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator["CapKeeper"]:
+        """Keep the caps while the block runs; release them all after."""
+        self.sync()
+        self._thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            self._thread.join()
+            self.caps.release()

@@ -5,11 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
-from loadtest.run import RunResult
-from loadtest.sweep import Step, recommend
+from loadtest.run import RunResult, default_processes, locust_warning
 from loadtest.thresholds import Thresholds, loopback_only, violations
+from service.runtime.capacity import usable_cpus
+from tests.metrics import parse
 from tests.postgres import ROOT
 from tests.stack import Stack
 
@@ -82,65 +84,6 @@ def test_loadtest_refuses_other_hosts(tmp_path: Path) -> None:
     assert "loopback" in result.stderr
 
 
-def test_sweep_measures_each_worker_count_and_recommends(stack: Stack, tmp_path: Path) -> None:
-    before = stack.worker_pids()
-    result = subprocess.run(
-        [sys.executable, "-m", "loadtest.sweep", "--workers", "1 2", "--host", stack.url,
-         "--prometheus", stack.prometheus_url, "--users", "10", "--run-time", "12",
-         "--warmup", "1", "--out", str(tmp_path)],
-        cwd=ROOT, env=stack.env, capture_output=True, text=True, timeout=300, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "sweep [1/2] 1 workers:" in result.stdout
-    assert "sweep [2/2] 2 workers:" in result.stdout
-    lines = (tmp_path / "sweep.csv").read_text().splitlines()
-    header = lines[0].split(",")
-    rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
-    assert [row["workers"] for row in rows] == ["1", "2"]
-    for row in rows:
-        assert float(row["requests_per_second"]) > 0
-        assert float(row["failure_ratio"]) == 0
-        assert float(row["worker_cpu"]) > 0, "no CPU figure from Prometheus"
-    report = (tmp_path / "report.md").read_text()
-    assert "**Recommendation:" in report
-    assert "connection budget ok" in report
-    for chart in ("throughput.png", "p99.png"):
-        assert (tmp_path / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert len(stack.worker_pids()) == len(before)
-
-
-def step(workers: int, rps: float, p99: float, **overrides: float) -> Step:
-    figures = {
-        "p50_ms": 5.0, "p95_ms": 20.0, "failure_ratio": 0.0, "worker_cpu": 0.5,
-        "total_worker_cpu": 0.5 * workers, "machine_cpu": 0.5, "pool_in_use": 0.2,
-        "pool_wait_p99_ms": 0.1, "locust_cpu": 0.3,
-    }  # fmt: skip
-    figures.update(overrides)
-    return Step(workers=workers, requests_per_second=rps, p99_ms=p99, **figures)
-
-
-def test_recommendation_is_the_smallest_count_near_the_best() -> None:
-    steps = [
-        step(1, 900, 40, worker_cpu=0.98),
-        step(2, 1500, 30, worker_cpu=0.9),
-        step(3, 1540, 35),
-        step(4, 1560, 700),  # fastest, but its p99 is unacceptable
-    ]
-    chosen, reason = recommend(steps, max_p99_ms=500, max_failure_ratio=0.01)
-    assert chosen.workers == 2
-    assert reason.startswith("CPU-bound: workers at 90% CPU")
-
-
-def test_recommendation_names_the_database_when_the_pool_waits() -> None:
-    steps = [step(1, 1000, 40), step(2, 1010, 60, pool_wait_p99_ms=25.0)]
-    chosen, reason = recommend(steps, max_p99_ms=500, max_failure_ratio=0.01)
-    assert chosen.workers == 1
-    steps = [step(1, 500, 40), step(2, 1000, 60, pool_wait_p99_ms=25.0)]
-    chosen, reason = recommend(steps, max_p99_ms=500, max_failure_ratio=0.01)
-    assert chosen.workers == 2
-    assert reason.startswith("DB-bound")
-
-
 def test_thresholds() -> None:
     good = RunResult(1000, 0, 500.0, 5.0, 20.0, 40.0, 0.3, 10.0)
     assert good.violations(Thresholds()) == []
@@ -165,3 +108,49 @@ def test_loopback_hosts_are_accepted(host: str) -> None:
 def test_other_hosts_are_refused(host: str) -> None:
     with pytest.raises(ValueError, match="loopback"):
         loopback_only(host)
+
+
+def api_requests_served(stack: Stack) -> float:
+    """Every API request the workers answered so far, from the stack's own counter."""
+    samples = parse(httpx.get(f"{stack.ops_url}/metrics", timeout=10).text)
+    return sum(
+        count
+        for (name, labels), count in samples.items()
+        if name == "http_requests_total" and dict(labels)["route"].startswith("/api/v1/notes")
+    )
+
+
+def test_locust_in_two_processes_counts_every_request_once(stack: Stack, tmp_path: Path) -> None:
+    served_before = api_requests_served(stack)
+    result = loadtest(stack, tmp_path, "--processes", "2")
+    served = api_requests_served(stack) - served_before
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 Locust processes" in result.stdout
+    # Locust's own master spread the users over two worker processes and merged their stats.
+    log = (tmp_path / "locust-locust.log").read_text()
+    assert "Sending spawn jobs of 10 users at 10.00 spawn rate to 2 ready workers" in log
+    header, values = (tmp_path / "result.csv").read_text().splitlines()
+    row = dict(zip(header.split(","), values.split(","), strict=True))
+    assert row["locust_processes"] == "2"
+    assert int(row["failures"]) == 0
+    # What the merged report counts is exactly what the workers answered.
+    assert int(row["requests"]) == served
+    assert float(row["locust_cpu"]) > 0
+
+
+def test_locust_processes_default_from_the_usable_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LOCUST_PROCESSES", raising=False)
+    cpus = usable_cpus()
+    assert default_processes() == (1 if cpus == 1 else max(2, cpus // 4))
+    monkeypatch.setenv("LOCUST_PROCESSES", "3")
+    assert default_processes() == 3
+
+
+def test_a_saturated_load_generator_is_judged_over_all_its_processes() -> None:
+    one = RunResult(1000, 0, 500.0, 5.0, 20.0, 40.0, locust_cpu=0.95, seconds=10.0)
+    two = RunResult(1000, 0, 500.0, 5.0, 20.0, 40.0, 0.95, 10.0, locust_processes=2)
+    assert one.load_generator_saturated
+    assert locust_warning(one) is not None
+    assert not two.load_generator_saturated
+    assert locust_warning(two) is None
+    assert RunResult(1000, 0, 500.0, 5.0, 20.0, 40.0, 1.9, 10.0, 2).load_generator_saturated

@@ -117,15 +117,17 @@ settings-docs: install ## Regenerate docs/settings.md and .env.example from serv
 flag = $(if $($(1)),$(2) $($(1)))
 LOAD_FLAGS = $(call flag,USERS,--users) $(call flag,SPAWN_RATE,--spawn-rate) \
 	$(call flag,RUN_TIME,--run-time) $(call flag,MAX_FAILURE_RATIO,--max-failure-ratio) \
-	$(call flag,MAX_P99_MS,--max-p99-ms)
+	$(call flag,MAX_P99_MS,--max-p99-ms) $(call flag,LOCUST_PROCESSES,--processes)
 
 .PHONY: loadtest
 loadtest: install ## Locust headless against the running stack: make loadtest USERS=50 RUN_TIME=30 MAX_P99_MS=500
 	$(RUN) python -m loadtest.run $(LOAD_FLAGS) $(call flag,MAX_P95_MS,--max-p95-ms)
 
 .PHONY: sweep
-sweep: install ## The same load at several worker counts and a recommendation: make sweep WORKERS="1 2 4"
-	$(RUN) python -m loadtest.sweep --workers "$(WORKERS)" $(LOAD_FLAGS) $(call flag,WARMUP,--warmup)
+sweep: install ## Load at several worker counts, a recommendation and a capacity plan: make sweep WORKERS="1 2 4" [CPU_PER_WORKER=0.2] [PLAN_CORES=16]
+	$(RUN) python -m loadtest.sweep --workers "$(WORKERS)" $(LOAD_FLAGS) $(call flag,WARMUP,--warmup) \
+		$(call flag,CPU_PER_WORKER,--cpu-per-worker) $(call flag,PLAN_CORES,--plan-cores) \
+		$(call flag,ROUNDS,--rounds)
 
 .PHONY: bench
 bench: install ## The service against hand-written FastAPI and Starlette on asyncpg, side by side: every ratio printed

@@ -1,70 +1,76 @@
-"""`make sweep`: the same Locust load at several worker counts, and which count to run.
+"""`make sweep`: the same Locust load at several worker counts, what limited each, which
+count to run, and a capacity plan.
 
     uv run python -m loadtest.sweep [--workers "1 2 4"] [--users 50] [--run-time 30]
-        [--warmup 5] [--max-p99-ms 500]
+        [--warmup 5] [--rounds 1] [--max-p99-ms 500] [--processes N] [--cpu-per-worker 0.2]
+        [--plan-cores N]
 
 For each worker count: scale the running stack live, warm up, run the load, and read from
-Prometheus what the workers and the pool did meanwhile. Writes sweep.csv, report.md and two
-PNG charts under loadtest/results/sweep-<timestamp>/, then puts the worker count back.
+Prometheus and from the processes what the workers, the pool, Locust, PostgreSQL and nginx did
+meanwhile. Writes sweep.csv, report.md, report.html (one page, charts inline), the charts and
+the dashboard's rows rendered over the sweep under loadtest/results/sweep-<timestamp>/, then
+puts the worker count back.
+
+`--cpu-per-worker` is the scaling lab: every worker runs in a cgroup of its own capped at that
+fraction of a CPU, so that a small machine has CPU to spare beside the workers and shows the
+shape a big host has: throughput rising with workers until the caps add up to what the rest of
+the machine leaves them, flat after.
 """
 
 import argparse
+import asyncio
+import contextlib
+import dataclasses
 import json
 import math
 import os
+import statistics
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import psutil
 
 from deploy.native import gunicorn
+from deploy.native.cpu_caps import CapKeeper, CpuCaps, CpuCapsUnavailableError
 from deploy.native.processes import StackError, children
 from deploy.native.state import Stack
+from loadtest import panels, sweep_report
+from loadtest.plan import Step, capacity_plan, knee_count, predicted_knee, recommend
 from loadtest.run import (
     DEFAULT_HOST,
     DEFAULT_RUN_TIME,
     DEFAULT_SPAWN_RATE,
     DEFAULT_USERS,
-    LOCUST_CPU_LIMIT,
     RESULTS,
     RunResult,
+    default_processes,
     run_locust,
 )
 from loadtest.run import timestamp as make_timestamp
 from loadtest.thresholds import Thresholds, loopback_only
-from service.runtime.capacity import usable_cpus
+from service.config import load_settings
+from service.runtime.capacity import server_limits, usable_cpus
 
-# "Within a few percent of the best" (run-to-run noise on a shared 2-core machine is ~3%).
-NEAR_BEST = 0.95
-CPU_BOUND = 0.85  # mean CPU share of a worker above which workers are the bottleneck
-POOL_WAIT_BOUND_MS = 5.0  # pool wait p99 above which the database is the bottleneck
-MACHINE_BOUND = 0.9  # share of all CPUs busy above which the machine is the bottleneck
-
-
-@dataclass(frozen=True)
-class Step:
-    """One worker count's figures."""
-
-    workers: int
-    requests_per_second: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    failure_ratio: float
-    worker_cpu: float  # mean share of one core per worker
-    total_worker_cpu: float  # cores used by all workers together
-    machine_cpu: float  # share of all this machine's CPUs busy (everything, not just workers)
-    pool_in_use: float  # mean share of the pools' connections in use
-    pool_wait_p99_ms: float
-    locust_cpu: float
+# Users per worker in a lab sweep. A capped worker is measured at its capacity, so each step
+# offers every worker the same load: enough users to keep it busy through the slices of its
+# cap (a worker at 0.2 CPU serves ~400 req/s; users think 25 ms on average), and few enough
+# that requests do not pile up behind its pool, which costs it CPU: with a fixed 150 users,
+# one worker's CPU per request varied from 0.46 to 0.79 ms from step to step.
+LAB_USERS_PER_WORKER = 25
 
 
-def default_worker_counts() -> list[int]:
-    """1 up to twice the usable CPUs."""
-    return list(range(1, 2 * usable_cpus() + 1))
+def default_worker_counts(cpu_per_worker: float) -> list[int]:
+    """1 up to twice the usable CPUs; with caps, 1, 2, 4 and on by twos until the caps add
+    up to every CPU (the knee lies before that)."""
+    cpus = usable_cpus()
+    if not cpu_per_worker:
+        return list(range(1, 2 * cpus + 1))
+    top = max(4, math.ceil(cpus / cpu_per_worker))
+    return [1, 2, *range(4, top + 1, 2)]
 
 
 def prometheus_query(url: str, query: str, at: float) -> list[tuple[dict[str, str], float]]:
@@ -82,32 +88,9 @@ def prometheus_value(url: str, query: str, at: float) -> float:
     return 0.0 if math.isnan(value) else value  # NaN (no traffic) counts as 0
 
 
-def worker_cores(prometheus: str, start: float, end: float) -> float:
-    """Cores all workers used between `start` and `end`, from the raw samples.
-
-    Each worker's CPU gauge only grows, so its growth between its first and last sample in
-    the window is what it used; summing per process also counts workers recycled during the
-    run (max_requests), and dividing by the span the samples cover avoids rate()'s
-    extrapolation over a window of few samples.
-    """
-    window = f"{round(end - start)}s"
-    params = urllib.parse.urlencode({"query": f"worker_cpu_seconds[{window}]", "time": end})
-    with urllib.request.urlopen(f"{prometheus}/api/v1/query?{params}", timeout=10) as response:  # noqa: S310
-        series = [s["values"] for s in json.load(response)["data"]["result"]]
-    series = [values for values in series if len(values) >= 2]
-    if not series:
-        return 0.0
-    used = sum(float(values[-1][1]) - float(values[0][1]) for values in series)
-    first = min(float(values[0][0]) for values in series)
-    last = max(float(values[-1][0]) for values in series)
-    return used / (last - first) if last > first else 0.0
-
-
-def observe(prometheus: str, start: float, end: float, workers: int) -> dict[str, float]:
-    """What the workers and the pool did between `start` and `end`."""
+def observe(prometheus: str, start: float, end: float) -> dict[str, float]:
+    """What the pools did between `start` and `end`, from the workers' metrics."""
     window = f"{max(10, int(end - start))}s"
-    cores = worker_cores(prometheus, start, end)
-    seen = {"worker_cpu": cores / workers, "total_worker_cpu": cores}
     queries = {
         "pool_in_use": (
             "avg_over_time((sum(db_pool_connections_in_use) / sum(db_pool_connections_max))"
@@ -118,15 +101,43 @@ def observe(prometheus: str, start: float, end: float, workers: int) -> dict[str
             f"(increase(db_pool_wait_seconds_bucket[{window}])))"
         ),
     }
-    seen.update((name, prometheus_value(prometheus, query, end)) for name, query in queries.items())
-    return seen
+    return {name: prometheus_value(prometheus, query, end) for name, query in queries.items()}
 
 
-def _busy_and_total_cpu_seconds() -> tuple[float, float]:
-    times = psutil.cpu_times()
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    total = sum(times)
-    return total - idle, total
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """CPU seconds used so far: the machine's, and those of the workers, PostgreSQL and nginx.
+
+    Read from the kernel's per-process counters at both ends of a step: exact, where the
+    workers' own CPU gauge is sampled every 2 s and scraped every 5 s. A worker recycled
+    during a step takes its CPU with it (max_requests is 200,000: rare within a step).
+    """
+
+    busy: float
+    total: float
+    processes: dict[int, tuple[str, float]]  # pid -> (part, CPU seconds)
+
+    @classmethod
+    def take(cls, workers: list[int]) -> "CpuSnapshot":
+        """Now; `workers` are the gunicorn workers' pids."""
+        times = psutil.cpu_times()
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        processes = {}
+        for process in psutil.process_iter(["name", "cpu_times"]):
+            name = "workers" if process.pid in workers else process.info["name"] or ""
+            part = {"workers": "workers", "postgres": "postgres", "nginx": "nginx"}.get(name)
+            if part and process.info["cpu_times"] is not None:
+                used = process.info["cpu_times"]
+                processes[process.pid] = (part, used.user + used.system)
+        return cls(busy=sum(times) - idle, total=sum(times), processes=processes)
+
+    def since(self, before: "CpuSnapshot", part: str) -> float:
+        """CPU seconds `part`'s processes used since `before` (a new process from zero)."""
+        return sum(
+            seconds - before.processes.get(pid, (part, 0.0))[1]
+            for pid, (kind, seconds) in self.processes.items()
+            if kind == part
+        )
 
 
 def scale(workers: int) -> None:
@@ -137,54 +148,12 @@ def scale(workers: int) -> None:
         raise SystemExit(f"sweep: cannot scale to {workers}: {exc}") from None
 
 
-def current_workers() -> int:
-    """The worker count of the running stack."""
+def master_pid() -> int:
+    """The running stack's gunicorn master."""
     master = gunicorn.master(Stack.from_environment())
     if master is None:
         raise SystemExit("sweep: the stack is not running: make up first")
-    return len(children(master))
-
-
-def recommend(steps: list[Step], max_p99_ms: float, max_failure_ratio: float) -> tuple[Step, str]:
-    """The smallest worker count within a few percent of the best throughput at an
-    acceptable p99, and the reason the curve flattens where it does."""
-    healthy = [s for s in steps if s.p99_ms <= max_p99_ms and s.failure_ratio <= max_failure_ratio]
-    if not healthy:
-        best_p99 = min(steps, key=lambda s: s.p99_ms)
-        return best_p99, (
-            f"no worker count met p99 <= {max_p99_ms:g} ms with failures <= "
-            f"{max_failure_ratio:.1%}; {best_p99.workers} had the lowest p99"
-        )
-    best = max(healthy, key=lambda s: s.requests_per_second)
-    chosen = min(
-        (s for s in healthy if s.requests_per_second >= NEAR_BEST * best.requests_per_second),
-        key=lambda s: s.workers,
-    )
-    return chosen, _bottleneck(chosen, steps)
-
-
-def _bottleneck(chosen: Step, steps: list[Step]) -> str:
-    if chosen.locust_cpu >= LOCUST_CPU_LIMIT:
-        return (
-            f"load-generator-bound: Locust used {chosen.locust_cpu:.0%} of a core, so the "
-            "stack was not pushed to its limit"
-        )
-    if chosen.worker_cpu >= CPU_BOUND:
-        return f"CPU-bound: workers at {chosen.worker_cpu:.0%} CPU each"
-    if chosen.machine_cpu >= MACHINE_BOUND:
-        return (
-            f"CPU-bound on the machine: {chosen.machine_cpu:.0%} of {usable_cpus()} CPUs busy "
-            f"(workers {chosen.total_worker_cpu:.2f} cores, Locust {chosen.locust_cpu:.2f}, "
-            "the rest PostgreSQL and nginx); more workers only share the same CPUs"
-        )
-    if chosen.pool_wait_p99_ms >= POOL_WAIT_BOUND_MS or chosen.pool_in_use >= 0.9:
-        return (
-            f"DB-bound: pool wait p99 {chosen.pool_wait_p99_ms:.1f} ms and pools "
-            f"{chosen.pool_in_use:.0%} in use at {chosen.workers} workers, CPUs not saturated"
-        )
-    if any(s.workers > chosen.workers for s in steps):
-        return "more workers added no throughput"
-    return "throughput still rising at the largest count measured: sweep further"
+    return master
 
 
 def budget_line(workers: int) -> str:
@@ -197,98 +166,108 @@ def budget_line(workers: int) -> str:
         return str(exc)
 
 
-def write_charts(steps: list[Step], out_dir: Path) -> None:
-    """throughput.png and p99.png against the worker count."""
-    import matplotlib  # noqa: PLC0415 (only the sweep needs it)
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    workers = [s.workers for s in steps]
-    for name, values, label in (
-        ("throughput", [s.requests_per_second for s in steps], "requests/s"),
-        ("p99", [s.p99_ms for s in steps], "p99 latency (ms)"),
-    ):
-        figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
-        axes.plot(workers, values, marker="o")
-        axes.set_xlabel("gunicorn workers")
-        axes.set_ylabel(label)
-        axes.set_xticks(workers)
-        axes.set_ylim(bottom=0)
-        axes.grid(alpha=0.3)
-        axes.set_title(f"{label} against workers ({usable_cpus()} CPUs)")
-        figure.tight_layout()
-        figure.savefig(out_dir / f"{name}.png")
-        plt.close(figure)
+def database_limits() -> tuple[int, int]:
+    """Connections per worker (DB_POOL_SIZE + DB_MAX_OVERFLOW), and what the stack's database
+    allows ordinary roles."""
+    stack = Stack.from_environment()
+    settings = load_settings(database_url=stack.saved()["database_url"])
+    max_connections, reserved = asyncio.run(server_limits(settings))
+    return settings.db_pool_size + settings.db_max_overflow, max_connections - reserved
 
 
-def report(steps: list[Step], chosen: Step, reason: str, budget: str, notes: list[str]) -> str:
-    """The Markdown report: the table, the recommendation, the caveats."""
-    lines = [
-        "| workers | req/s | p50 ms | p95 ms | p99 ms | failed | CPU/worker | "
-        "CPU all workers | machine CPU | pool in use | pool wait p99 ms | Locust CPU |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for s in steps:
-        lines.append(
-            f"| {s.workers} | {s.requests_per_second:.0f} | {s.p50_ms:g} | {s.p95_ms:g} | "
-            f"{s.p99_ms:g} | {s.failure_ratio:.2%} | {s.worker_cpu:.0%} | "
-            f"{s.total_worker_cpu:.2f} | {s.machine_cpu:.0%} | {s.pool_in_use:.0%} | "
-            f"{s.pool_wait_p99_ms:.1f} | "
-            f"{s.locust_cpu:.0%} |"
-        )
-    lines += [
-        "",
-        f"**Recommendation: {chosen.workers} worker{'s' if chosen.workers > 1 else ''}** "
-        f"({chosen.requests_per_second:.0f} req/s, p99 {chosen.p99_ms:g} ms) — {reason}.",
-        "",
-        f"Connection budget: {budget}",
-        "",
-        "![throughput](throughput.png) ![p99](p99.png)",
-    ]
-    if notes:
-        lines += ["", "Caveats:", *(f"- {note}" for note in notes)]
-    return "\n".join(lines) + "\n"
+def users(args: argparse.Namespace, workers: int) -> int:
+    """The users of a step: --users, or in the lab the same load per worker."""
+    return int(args.users or LAB_USERS_PER_WORKER * workers)
 
 
-def measure(args: argparse.Namespace, workers: int, out_dir: Path, prefix: str) -> Step:
-    """Scale to `workers`, warm up, run the load, and read what Prometheus saw."""
+def measure(
+    args: argparse.Namespace, workers: int, out_dir: Path, prefix: str
+) -> tuple[Step, tuple[float, float]]:
+    """Scale to `workers`, warm up, run the load, and read what the processes did; the
+    figures, and the window over which to ask Prometheus what the pools did."""
     print(f"{prefix} scaling, warming up {args.warmup}s", flush=True)
     scale(workers)
     # Judged by the sweep's own figures, not Locust's gates: a step may break them.
     lenient = Thresholds(max_failure_ratio=1.0, max_p95_ms=1e9, max_p99_ms=1e9)
+    # Every step's run counts from the first user: a slow ramp would eat into it.
+    spawn_rate = args.spawn_rate or max(DEFAULT_SPAWN_RATE, users(args, workers))
+    load = {
+        "host": args.host, "users": users(args, workers), "spawn_rate": spawn_rate,
+        "out_dir": out_dir, "thresholds": lenient, "processes": args.processes,
+    }  # fmt: skip
     if args.warmup:
-        run_locust(
-            host=args.host, users=args.users, spawn_rate=args.spawn_rate, seconds=args.warmup,
-            out_dir=out_dir, tag=f"warmup-{workers}", thresholds=lenient, reports=False,
-        )  # fmt: skip
+        run_locust(seconds=args.warmup, tag=f"warmup-{workers}", reports=False, **load)
     print(f"{prefix} measuring for {args.run_time}s", flush=True)
     start = time.time()
-    busy_before, total_before = _busy_and_total_cpu_seconds()
-    result: RunResult | None = run_locust(
-        host=args.host, users=args.users, spawn_rate=args.spawn_rate, seconds=args.run_time,
-        out_dir=out_dir, tag=f"workers-{workers}", thresholds=lenient,
-    )  # fmt: skip
+    master = master_pid()
+    before = CpuSnapshot.take(children(master))
+    result: RunResult | None = run_locust(seconds=args.run_time, tag=f"workers-{workers}", **load)
     assert result is not None  # noqa: S101 (reports were asked for)
-    busy_after, total_after = _busy_and_total_cpu_seconds()
+    after = CpuSnapshot.take(children(master))
     end = time.time()
-    time.sleep(6)  # let Prometheus take the scrape that closes the window
-    seen = observe(args.prometheus, start, end, workers)
-    return Step(
+    cpus = usable_cpus()
+
+    def cores(cpu_seconds: float) -> float:
+        # CPU per request times requests per second: the cores a part used while the load
+        # ran. The snapshots also span Locust's start and stop, when little runs: dividing
+        # by their span instead would understate every part.
+        return (
+            cpu_seconds / result.requests * result.requests_per_second if result.requests else 0.0
+        )
+
+    busy = cores(after.busy - before.busy)
+    worker_cores = cores(after.since(before, "workers"))
+    postgres = cores(after.since(before, "postgres"))
+    nginx = cores(after.since(before, "nginx"))
+    locust = cores(result.locust_cpu * result.seconds)
+    other = busy - worker_cores - locust - postgres - nginx
+    step = Step(
         workers=workers,
         requests_per_second=result.requests_per_second,
         p50_ms=result.p50_ms,
         p95_ms=result.p95_ms,
         p99_ms=result.p99_ms,
         failure_ratio=result.failure_ratio,
-        locust_cpu=result.locust_cpu,
-        machine_cpu=(busy_after - busy_before) / max(1, total_after - total_before),
-        **seen,
+        locust_cpu=locust,
+        locust_processes=result.locust_processes,
+        machine_cpu=min(1.0, busy / cpus),
+        postgres_cpu=postgres,
+        nginx_cpu=nginx,
+        other_cpu=max(0.0, other),
+        cpu_cap=args.cpu_per_worker,
+        cpus=cpus,
+        worker_cpu=worker_cores / workers / (args.cpu_per_worker or 1.0),
+        total_worker_cpu=worker_cores,
+        pool_in_use=0.0,
+        pool_wait_p99_ms=0.0,
     )
+    return step, (start, end)
 
 
-def main() -> None:
-    """Command line: sweep, report, restore."""
+@contextlib.contextmanager
+def lab_caps(cpu_per_worker: float, name: str) -> Iterator[None]:
+    """Every worker of the running stack capped at `cpu_per_worker` while the block runs
+    (nothing when 0); the caps are lifted after, whatever happens."""
+    if not cpu_per_worker:
+        yield
+        return
+    try:
+        caps = CpuCaps.create(name, cpu_per_worker)
+    except CpuCapsUnavailableError as exc:
+        raise SystemExit(f"sweep: cannot cap the workers' CPU: {exc}") from None
+    master = master_pid()
+    keeper = CapKeeper(caps, lambda: children(master))
+    with keeper.running():
+        print(
+            f"sweep: workers capped at {cpu_per_worker:g} CPU each "
+            f"({caps.hierarchy.version_name}, {caps.parent})",
+            flush=True,
+        )
+        yield
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line, checked."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="", help='e.g. "1 2 4" (default 1..2x CPUs)')
     parser.add_argument("--host", default=DEFAULT_HOST)
@@ -296,12 +275,32 @@ def main() -> None:
         "--prometheus",
         default=f"http://127.0.0.1:{os.environ.get('PROMETHEUS_PORT', '9090')}",
     )
-    parser.add_argument("--users", type=int, default=DEFAULT_USERS)
-    parser.add_argument("--spawn-rate", type=float, default=DEFAULT_SPAWN_RATE)
+    parser.add_argument(
+        "--users", type=int, default=None,
+        help=f"concurrent users at every step (default {DEFAULT_USERS}; with --cpu-per-worker, "
+        f"{LAB_USERS_PER_WORKER} per worker)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--spawn-rate", type=float, default=None,
+        help="users started per second (default: all of them within the first second)",
+    )  # fmt: skip
     parser.add_argument(
         "--run-time", type=int, default=DEFAULT_RUN_TIME, help="seconds per worker count"
     )
     parser.add_argument("--warmup", type=int, default=5, help="seconds before each run")
+    parser.add_argument(
+        "--rounds", type=int, default=int(os.environ.get("ROUNDS") or 1),
+        help="measure every count this many times, up and down the counts; report medians",
+    )  # fmt: skip
+    parser.add_argument("--processes", type=int, default=None, help="Locust processes")
+    parser.add_argument(
+        "--cpu-per-worker", type=float, default=float(os.environ.get("CPU_PER_WORKER") or 0),
+        help="the scaling lab: cap every worker at this fraction of a CPU (cgroups; root)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--plan-cores", type=int, default=int(os.environ.get("PLAN_CORES") or 0),
+        help="the host size the capacity plan projects onto (default: this machine's CPUs)",
+    )  # fmt: skip
     parser.add_argument("--max-p99-ms", type=float, default=Thresholds.max_p99_ms)
     parser.add_argument("--max-failure-ratio", type=float, default=Thresholds.max_failure_ratio)
     parser.add_argument("--out", type=Path, default=None)
@@ -313,47 +312,157 @@ def main() -> None:
         parser.error(str(exc))
     if args.run_time < 10:
         parser.error("--run-time must be at least 10 s: Prometheus scrapes every 5 s")
-    counts = [int(n) for n in args.workers.split()] or default_worker_counts()
-    if any(n < 1 for n in counts):
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.cpu_per_worker < 0:
+        parser.error("--cpu-per-worker must be a positive fraction of a CPU")
+    if args.users is None and not args.cpu_per_worker:
+        args.users = DEFAULT_USERS
+    if args.processes is None:
+        args.processes = default_processes()
+    if args.processes < 1 or args.processes > (args.users or LAB_USERS_PER_WORKER):
+        parser.error("--processes must be between 1 and the users")
+    if args.plan_cores < 0:
+        parser.error("--plan-cores must be a positive number of cores")
+    args.counts = [int(n) for n in args.workers.split()] or default_worker_counts(
+        args.cpu_per_worker
+    )
+    if any(n < 1 for n in args.counts):
         parser.error("worker counts must be at least 1")
+    return args
 
+
+def main() -> None:
+    """Command line: sweep, report, restore."""
+    args = parse_args()
     out_dir = args.out or RESULTS / f"sweep-{make_timestamp()}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    original = current_workers()
-    steps: list[Step] = []
+    original = len(children(master_pid()))
+    measured: list[Step] = []
+    windows: list[tuple[float, float]] = []
     notes: list[str] = []
-    total = len(counts)
+    # Rounds go up the counts, then down, and so on: a machine that drifts faster or slower
+    # during the sweep then weighs on every count alike.
+    order = [
+        workers
+        for round_ in range(args.rounds)
+        for workers in (args.counts if round_ % 2 == 0 else reversed(args.counts))
+    ]
+    started = time.time()
     try:
-        for index, workers in enumerate(counts, start=1):
-            prefix = f"sweep [{index}/{total}] {workers} workers:"
-            step = measure(args, workers, out_dir, prefix)
-            steps.append(step)
-            if step.locust_cpu >= LOCUST_CPU_LIMIT:
-                notes.append(
-                    f"{workers} workers: Locust used {step.locust_cpu:.0%} of a core; the "
-                    "load generator limited this step"
+        with lab_caps(args.cpu_per_worker, f"notes-lab-{os.getpid()}"):
+            for index, workers in enumerate(order, start=1):
+                prefix = f"sweep [{index}/{len(order)}] {workers} workers:"
+                step, window = measure(args, workers, out_dir, prefix)
+                measured.append(step)
+                windows.append(window)
+                print(
+                    f"{prefix} {step.requests_per_second:.0f} req/s, p99 {step.p99_ms:g} ms, "
+                    f"{step.failure_ratio:.2%} failed, workers at {step.worker_cpu:.0%} of "
+                    f"{'their cap' if step.cpu_cap else 'a core'}, machine at "
+                    f"{step.machine_cpu:.0%}",
+                    flush=True,
                 )
-            print(
-                f"{prefix} {step.requests_per_second:.0f} req/s, p99 {step.p99_ms:g} ms, "
-                f"{step.failure_ratio:.2%} failed, workers at {step.worker_cpu:.0%} CPU each",
-                flush=True,
-            )
     finally:
         scale(original)
+    finished = time.time()
+    time.sleep(6)  # let Prometheus take the scrape that closes the last window
+    for index, (start, end) in enumerate(windows):
+        pools = observe(args.prometheus, start, end)
+        measured[index] = dataclasses.replace(
+            measured[index],
+            pool_in_use=pools["pool_in_use"],
+            pool_wait_p99_ms=pools["pool_wait_p99_ms"],
+        )
+    steps = [median_step([s for s in measured if s.workers == n]) for n in args.counts]
 
     chosen, reason = recommend(steps, args.max_p99_ms, args.max_failure_ratio)
+    write_csv(out_dir / "sweep.csv", steps)
+    if args.rounds > 1:
+        write_csv(out_dir / "rounds.csv", measured)
+    cores = args.plan_cores or usable_cpus()
+    per_worker, allowed = database_limits()
+    plan = capacity_plan(steps, cores, per_worker, allowed)
+    plan_note = (
+        f"Projected onto {cores} cores ({'--plan-cores' if args.plan_cores else 'this machine'}"
+        "'s); pass `PLAN_CORES=N` to `make sweep` (or `--plan-cores N`) for another host size."
+    )
+    knee = predicted_knee(steps)
+    if any(s.load_generator_saturated for s in map(_as_run, steps)):
+        notes.append("Locust limited at least one step: raise LOCUST_PROCESSES")
+    if not args.cpu_per_worker:
+        notes.append(
+            f"Locust, PostgreSQL and nginx share this machine's {usable_cpus()} CPUs with the "
+            "workers: the curve shows this machine, not the workers alone (the capacity plan "
+            "separates them)."
+        )
+    sweep_report.write_charts(steps, out_dir)
+    rendered = panels.render_rows(args.prometheus, started, finished, out_dir)
+    for row in rendered:
+        if row.empty_panels:
+            notes.append(f"dashboard row {row.title!r}: no data for {', '.join(row.empty_panels)}")
+    report = sweep_report.Report(
+        title=f"Worker sweep {out_dir.name}",
+        steps=steps,
+        chosen=chosen,
+        reason=reason,
+        budget=budget_line(chosen.workers),
+        plan=plan,
+        plan_note=plan_note,
+        knee=knee,
+        knee_workers=knee_count(knee, args.counts) if knee is not None else None,
+        notes=notes,
+        rows=[(row.title, row.path) for row in rendered],
+        window=(
+            f"{args.users or f'{LAB_USERS_PER_WORKER} per worker'} users, {args.run_time} s "
+            f"per step after {args.warmup} s of warm-up"
+            + (f", {args.rounds} rounds (medians)" if args.rounds > 1 else "")
+            + "; "
+            f"Prometheus window {started:.0f} to {finished:.0f} (unix seconds)."
+        ),
+    )
+    text = sweep_report.markdown(report)
+    (out_dir / "report.md").write_text(text)
+    (out_dir / "report.html").write_text(sweep_report.html_page(report, out_dir))
+    (out_dir / "summary.json").write_text(
+        json.dumps(
+            {
+                "recommended_workers": chosen.workers,
+                "reason": reason,
+                "predicted_knee": knee,
+                "knee_workers": report.knee_workers,
+                "plan": asdict(plan),
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    print(text)
+    print(f"sweep: report in {out_dir / 'report.html'}; workers back to {original}")
+
+
+def median_step(rounds: list[Step]) -> Step:
+    """One count's figures over its rounds: the median of each."""
+    if len(rounds) == 1:
+        return rounds[0]
+    figures = {
+        field.name: statistics.median(getattr(step, field.name) for step in rounds)
+        for field in fields(Step)
+        if field.name not in ("workers", "locust_processes", "cpus", "cpu_cap")
+    }
+    return dataclasses.replace(rounds[0], **figures)
+
+
+def write_csv(path: Path, steps: list[Step]) -> None:
+    """One row per step, a column per figure."""
     names = [field.name for field in fields(Step)]
     rows = [",".join(names)] + [",".join(str(v) for v in asdict(s).values()) for s in steps]
-    (out_dir / "sweep.csv").write_text("\n".join(rows) + "\n")
-    notes.append(
-        f"Locust, PostgreSQL and nginx share this machine's {usable_cpus()} CPUs with the "
-        "workers: the curve shows this machine, not the workers alone."
-    )
-    write_charts(steps, out_dir)
-    text = report(steps, chosen, reason, budget_line(chosen.workers), notes)
-    (out_dir / "report.md").write_text(f"# Worker sweep {out_dir.name}\n\n{text}")
-    print(text)
-    print(f"sweep: report in {out_dir / 'report.md'}; workers back to {original}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def _as_run(step: Step) -> RunResult:
+    return RunResult(0, 0, step.requests_per_second, step.p50_ms, step.p95_ms, step.p99_ms,
+                     step.locust_cpu, 0.0, step.locust_processes)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -16,7 +16,12 @@ NEAR_BEST = 0.95
 CPU_BOUND = 0.85  # share of what a worker may use above which workers are the bottleneck
 POOL_WAIT_BOUND_MS = 5.0  # pool wait p99 above which requests queue for a connection
 POOL_BUSY_BOUND = 0.9  # share of the pools' connections in use above which the DB holds them
-MACHINE_BOUND = 0.9  # share of all CPUs busy above which the machine is the bottleneck
+# Share of all CPUs busy above which the machine is the bottleneck (a shared 2-core virtual
+# machine rarely shows more than 90% with everything on it saturated).
+MACHINE_BOUND = 0.85
+# Never fewer (service.runtime.capacity.default_workers): a recycled or reloaded worker must
+# not leave the socket without one that accepts.
+MIN_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -104,19 +109,28 @@ def recommend(steps: list[Step], max_p99_ms: float, max_failure_ratio: float) ->
             f"{max_failure_ratio:.1%}; {best_p99.workers} had the lowest p99"
         )
     best = max(healthy, key=lambda s: s.requests_per_second)
-    chosen = min(
-        (s for s in healthy if s.requests_per_second >= NEAR_BEST * best.requests_per_second),
-        key=lambda s: s.workers,
-    )
+    near = [s for s in healthy if s.requests_per_second >= NEAR_BEST * best.requests_per_second]
+    enough = [s for s in near if s.workers >= MIN_WORKERS]
+    chosen = min(enough or near, key=lambda s: s.workers)
+    reason = _reason(chosen, steps)
+    if enough and min(s.workers for s in near) < MIN_WORKERS:
+        reason += (
+            f" (one worker served as much, but a recycled or reloaded worker would leave the "
+            f"socket without one that accepts: run {MIN_WORKERS} at least)"
+        )
+    return chosen, reason
+
+
+def _reason(chosen: Step, steps: list[Step]) -> str:
     name, figures = chosen.limit()
     if name == "workers' CPU" and chosen.workers == max(s.workers for s in steps):
-        return chosen, (
+        return (
             f"limited by the workers' CPU ({figures}) at the largest count measured: "
             "throughput still rises with workers, sweep further"
         )
     if name == "offered load" and any(s.workers > chosen.workers for s in steps):
-        return chosen, "more workers added no throughput"
-    return chosen, f"limited by the {name}: {figures}"
+        return "more workers added no throughput"
+    return f"limited by the {name}: {figures}"
 
 
 def predicted_knee(steps: list[Step]) -> float | None:

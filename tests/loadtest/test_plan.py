@@ -32,15 +32,15 @@ def test_recommendation_is_the_smallest_count_near_the_best() -> None:
 
 def test_recommendation_names_the_pool_when_requests_wait_for_a_connection() -> None:
     waiting = {"pool_wait_p99_ms": 25.0, "pool_in_use": 0.95}
-    steps = [step(1, 1000, 40), step(2, 1010, 60, **waiting)]
-    chosen, reason = recommend(steps, max_p99_ms=500, max_failure_ratio=0.01)
-    assert chosen.workers == 1
-    steps = [step(1, 500, 40), step(2, 1000, 60, **waiting)]
+    steps = [step(2, 1000, 40), step(3, 1010, 60, **waiting)]
     chosen, reason = recommend(steps, max_p99_ms=500, max_failure_ratio=0.01)
     assert chosen.workers == 2
+    steps = [step(2, 500, 40), step(3, 1000, 60, **waiting)]
+    chosen, reason = recommend(steps, max_p99_ms=500, max_failure_ratio=0.01)
+    assert chosen.workers == 3
     assert reason.startswith("limited by the pool: every connection busy")
     # Connections busy in PostgreSQL with nobody waiting for one: the database.
-    steps = [step(1, 500, 40), step(2, 1000, 60, pool_in_use=0.95)]
+    steps = [step(2, 500, 40), step(3, 1000, 60, pool_in_use=0.95)]
     assert recommend(steps, 500, 0.01)[1].startswith("limited by the database")
 
 
@@ -126,3 +126,15 @@ def test_the_capacity_plan_projects_the_measured_costs_onto_a_host() -> None:
     assert "beyond **38 workers in all**, that is beyond 2 such hosts" in text
     # A small host still gets two workers.
     assert capacity_plan(steps, cores=1, per_worker_connections=5, max_connections=197).workers == 2
+
+
+def test_the_recommendation_never_goes_below_two_workers() -> None:
+    # One worker already fills the machine: two serve as much, and survive a recycle.
+    steps = [step(1, 1794, 41, machine_cpu=0.88), step(2, 1715, 41, machine_cpu=0.93),
+             step(3, 1741, 44, machine_cpu=0.91)]  # fmt: skip
+    chosen, reason = recommend(steps, max_p99_ms=500, max_failure_ratio=0.01)
+    assert chosen.workers == 2
+    assert reason.startswith("limited by the machine: 93% of 1 CPUs busy")
+    assert "run 2 at least" in reason
+    # With one worker measured alone, it is what there is to say.
+    assert recommend([step(1, 900, 40)], 500, 0.01)[0].workers == 1

@@ -100,7 +100,8 @@ def _ms_per_request(cores: float, requests_per_second: float) -> float:
 
 def recommend(steps: list[Step], max_p99_ms: float, max_failure_ratio: float) -> tuple[Step, str]:
     """The smallest worker count within a few percent of the best throughput at an
-    acceptable p99, and the reason the curve flattens where it does."""
+    acceptable p99, two at least where two were measured, and the reason the curve flattens
+    where it does."""
     healthy = [s for s in steps if s.p99_ms <= max_p99_ms and s.failure_ratio <= max_failure_ratio]
     if not healthy:
         best_p99 = min(steps, key=lambda s: s.p99_ms)
@@ -110,15 +111,17 @@ def recommend(steps: list[Step], max_p99_ms: float, max_failure_ratio: float) ->
         )
     best = max(healthy, key=lambda s: s.requests_per_second)
     near = [s for s in healthy if s.requests_per_second >= NEAR_BEST * best.requests_per_second]
-    enough = [s for s in near if s.workers >= MIN_WORKERS]
-    chosen = min(enough or near, key=lambda s: s.workers)
-    reason = _reason(chosen, steps)
-    if enough and min(s.workers for s in near) < MIN_WORKERS:
-        reason += (
+    chosen = min(near, key=lambda s: s.workers)
+    floor = [s for s in healthy if s.workers == MIN_WORKERS]
+    if chosen.workers < MIN_WORKERS and floor:
+        # Two workers on the same machine serve what one does, give or take the noise.
+        chosen = floor[0]
+        reason = _reason(chosen, steps) + (
             f" (one worker served as much, but a recycled or reloaded worker would leave the "
             f"socket without one that accepts: run {MIN_WORKERS} at least)"
         )
-    return chosen, reason
+        return chosen, reason
+    return chosen, _reason(chosen, steps)
 
 
 def _reason(chosen: Step, steps: list[Step]) -> str:

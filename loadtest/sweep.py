@@ -30,6 +30,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -414,11 +415,10 @@ def main() -> None:
         notes=notes,
         rows=[(row.title, row.path) for row in rendered],
         window=(
-            f"{args.users or f'{LAB_USERS_PER_WORKER} per worker'} users, {args.run_time} s "
-            f"per step after {args.warmup} s of warm-up"
+            (f"{args.users} users" if args.users else f"{LAB_USERS_PER_WORKER} users per worker")
+            + f", {args.run_time} s per step after {args.warmup} s of warm-up"
             + (f", {args.rounds} rounds (medians)" if args.rounds > 1 else "")
-            + "; "
-            f"Prometheus window {started:.0f} to {finished:.0f} (unix seconds)."
+            + f"; {utc(started):%Y-%m-%d %H:%M:%S} to {utc(finished):%H:%M:%S} UTC."
         ),
     )
     text = sweep_report.markdown(report)
@@ -439,6 +439,11 @@ def main() -> None:
     )
     print(text)
     print(f"sweep: report in {out_dir / 'report.html'}; workers back to {original}")
+
+
+def utc(stamp: float) -> datetime:
+    """A Unix time as a UTC datetime."""
+    return datetime.fromtimestamp(stamp, UTC)
 
 
 def median_step(rounds: list[Step]) -> Step:

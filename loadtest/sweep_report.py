@@ -169,7 +169,7 @@ def markdown(report: Report) -> str:
             f"line through the steps run at the caps). Past it, throughput should stay flat: "
             f"from {report.knee_workers} workers of those measured.",
         ]
-    lines += ["", f"Connection budget: {report.budget}", "", "## Capacity plan", ""]
+    lines += ["", report.budget[:1].upper() + report.budget[1:], "", "## Capacity plan", ""]
     if report.plan is not None:
         lines += [f"- {line}" for line in report.plan.describe()]
     lines += ["", report.plan_note, "", "## Charts", ""]

@@ -397,7 +397,7 @@ def main() -> None:
             "workers: the curve shows this machine, not the workers alone (the capacity plan "
             "separates them)."
         )
-    sweep_report.write_charts(steps, out_dir)
+    sweep_report.write_charts(steps, out_dir, knee)
     rendered = panels.render_rows(args.prometheus, started, finished, out_dir)
     for row in rendered:
         if row.empty_panels:

@@ -48,8 +48,9 @@ def cpu_parts(step: Step) -> dict[str, float]:
     }
 
 
-def write_charts(steps: list[Step], out_dir: Path) -> list[Path]:
-    """throughput.png (with the ideal line), p99.png and cpu.png, against the worker count."""
+def write_charts(steps: list[Step], out_dir: Path, knee: float | None = None) -> list[Path]:
+    """throughput.png (with the ideal line, and the knee the caps predict), p99.png and
+    cpu.png, against the worker count."""
     import matplotlib  # noqa: PLC0415 (only the sweep needs it)
 
     matplotlib.use("Agg")
@@ -67,6 +68,10 @@ def write_charts(steps: list[Step], out_dir: Path) -> list[Path]:
     axes.plot(workers, [one * n for n in workers], linestyle="--", color="grey",
               label=f"ideal: {one:.0f} req/s per worker x workers")  # fmt: skip
     axes.plot(workers, measured, marker="o", label="measured")
+    if knee is not None:
+        axes.axvline(
+            knee, color="tab:red", linestyle=":", label=f"knee the caps predict: {knee:.1f}"
+        )
     axes.set_ylim(0, max(measured) * 1.3)
     axes.legend(loc="upper left", fontsize="small")
     _finish(axes, "requests/s", f"throughput against workers ({setup})", workers)

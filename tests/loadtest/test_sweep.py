@@ -46,7 +46,7 @@ def test_sweep_measures_each_worker_count_and_recommends(stack: Stack, tmp_path:
         assert float(row["worker_cpu"]) > 0, "no CPU figure from Prometheus"
     report = (tmp_path / "report.md").read_text()
     assert "**Recommendation:" in report
-    assert "connection budget ok" in report
+    assert "Connection budget ok" in report
     assert "## Capacity plan" in report
     assert "ms of CPU per request" in report
     assert "no data" not in report, report  # every panel of every dashboard row drew

@@ -351,7 +351,7 @@ def main() -> None:
     ]
     started = time.time()
     try:
-        with lab_caps(args.cpu_per_worker, f"notes-lab-{os.getpid()}"):
+        with lab_caps(args.cpu_per_worker, "notes-lab"):
             for index, workers in enumerate(order, start=1):
                 prefix = f"sweep [{index}/{len(order)}] {workers} workers:"
                 step, window = measure(args, workers, out_dir, prefix)

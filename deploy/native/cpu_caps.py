@@ -8,6 +8,10 @@ of a CPU, so that a small machine shows how throughput grows with workers on a b
 Works with the cgroup v1 `cpu` controller and with cgroup v2 where it carries `cpu`; both need
 root (or a delegated subtree). The caps belong to the lab, not to the stack: a worker started
 after `apply` runs uncapped until the next `apply`, which `CapKeeper` calls for you.
+
+The lab's cgroups are `<prefix>-<pid of the process that made them>/worker-<pid>`. A lab whose
+maker died without releasing them (SIGKILL) would keep its workers capped: the next `create`
+with the same prefix moves their processes back beside itself and removes those cgroups.
 """
 
 import contextlib
@@ -41,8 +45,9 @@ class CpuCaps:
         self._origins: dict[int, Path] = {}
 
     @classmethod
-    def create(cls, name: str, cores: float) -> "CpuCaps":
-        """Make the lab's parent cgroup; CpuCapsUnavailableError with the reason if it cannot."""
+    def create(cls, prefix: str, cores: float) -> "CpuCaps":
+        """Make this process's lab cgroup `<prefix>-<pid>` (after releasing the labs of dead
+        processes); CpuCapsUnavailableError with the reason if it cannot."""
         if cores < MIN_CORES:
             msg = f"a CPU cap must be at least {MIN_CORES} of a CPU, not {cores:g}"
             raise CpuCapsUnavailableError(msg)
@@ -54,8 +59,9 @@ class CpuCaps:
                 "with `cpu` in cgroup.controllers"
             )
             raise CpuCapsUnavailableError(msg)
-        parent = hierarchy.mount / name
+        parent = hierarchy.mount / f"{prefix}-{os.getpid()}"
         try:
+            release_stale(hierarchy, prefix)
             if hierarchy.version == 2:
                 # v2 hands a controller down one level at a time, from the root.
                 _enable_cpu(hierarchy.mount)
@@ -125,6 +131,25 @@ class CpuCaps:
                 group.rmdir()
         for pid in [pid for pid in self._origins if not _alive(pid)]:
             del self._origins[pid]
+
+
+def release_stale(hierarchy: CpuHierarchy, prefix: str) -> list[int]:
+    """Lift the caps of labs whose maker has died: their processes go back into this
+    process's own cgroup, their cgroups are removed; the pids released."""
+    home = hierarchy.group_of("self")
+    released = []
+    for lab in hierarchy.mount.glob(f"{prefix}-*"):
+        owner = lab.name.removeprefix(f"{prefix}-")
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        for group in lab.glob("worker-*"):
+            for pid in (group / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    (home / "cgroup.procs").write_text(pid)
+                    released.append(int(pid))
+            group.rmdir()
+        lab.rmdir()
+    return released
 
 
 def _enable_cpu(group: Path) -> None:

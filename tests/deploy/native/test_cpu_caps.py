@@ -23,7 +23,7 @@ from tests.stack import Stack
 def lab(name: str, cores: float) -> CpuCaps:
     """Caps in a cgroup of this test's own, or a skip that says why this machine has none."""
     try:
-        return CpuCaps.create(f"notes-test-{name}-{os.getpid()}", cores)
+        return CpuCaps.create(f"notes-test-{name}", cores)
     except CpuCapsUnavailableError as exc:
         pytest.skip(str(exc))
 
@@ -143,3 +143,20 @@ def test_a_process_is_found_in_its_own_cgroup() -> None:
     assert (group / ("cpu.max" if hierarchy.version == 2 else "cpu.cfs_quota_us")).exists() or (
         hierarchy.version == 2 and group == hierarchy.mount
     )
+
+
+def test_a_lab_whose_maker_died_is_released_by_the_next(busy: psutil.Process) -> None:
+    maker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    caps = lab("stale", 0.2)
+    # The lab as a process that was SIGKILLed would have left it: named after that process.
+    dead = caps.parent.with_name(f"{caps.parent.name.rsplit('-', 1)[0]}-{maker.pid}")
+    caps.parent.rename(dead)
+    caps.parent = dead
+    caps.apply([busy.pid])
+    assert cpu_limit(busy.pid) == pytest.approx(0.2)
+    maker.kill()
+    maker.wait()
+    fresh = lab("stale", 0.5)  # the next lab, by another sweep
+    assert cpu_limit(busy.pid) is None
+    assert not dead.exists()
+    fresh.release()

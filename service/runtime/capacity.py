@@ -29,22 +29,24 @@ def usable_cpus() -> int:
     `os.cpu_count()` counts the host's CPUs and ignores both, so a container limited to two
     CPUs on a 64-core host would start 64 workers.
     """
-    cpus = len(os.sched_getaffinity(0))
-    quota = cpu_limit()
-    if quota is not None:
-        cpus = min(cpus, max(1, math.ceil(quota)))
-    return cpus
+    return cpus_within(len(os.sched_getaffinity(0)), cpu_limit())
 
 
-def default_workers() -> int:
-    """One worker per usable CPU, and never fewer than two.
+def cpus_within(cpus: int, quota: float | None) -> int:
+    """Of `cpus` CPUs, those a CPU quota of `quota` cores lets a process use (rounded up: a
+    quota of 1.5 still runs two workers' event loops, each part of the time)."""
+    return cpus if quota is None else min(cpus, max(1, math.ceil(quota)))
+
+
+def default_workers(cpus: int | None = None) -> int:
+    """One worker per usable CPU (this process's, or `cpus`), and never fewer than two.
 
     A uvicorn worker is one event loop that keeps one core busy; more workers than cores add
     context switches, memory and database connections, not throughput (`make sweep` measures
     this). Two at least, so a worker being recycled or restarted never leaves the socket
     without one that accepts.
     """
-    return max(2, usable_cpus())
+    return max(2, usable_cpus() if cpus is None else cpus)
 
 
 class BudgetExceededError(RuntimeError):

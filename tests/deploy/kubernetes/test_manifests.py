@@ -15,7 +15,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
@@ -152,12 +151,7 @@ def workers_per_pod(cpu_limit: str) -> int:
     assumed to be more than that.
     """
     quota = cpu_cores(cpu_limit)
-    many_cpus = set(range(max(64, math.ceil(quota))))
-    with (
-        mock.patch.object(capacity, "cpu_limit", return_value=quota),
-        mock.patch("os.sched_getaffinity", return_value=many_cpus),
-    ):
-        return capacity.default_workers()
+    return capacity.default_workers(capacity.cpus_within(max(64, math.ceil(quota)), quota))
 
 
 def pgbouncer_ini(objects: tuple[Object, ...]) -> configparser.ConfigParser:

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from deploy.native.processes import alive
 from service.runtime.cgroups import CpuHierarchy, cpu_hierarchy
 
 # CFS period: the quota is spent over windows this long. The kernel's default, 100 ms, lets a
@@ -84,6 +85,7 @@ class CpuCaps:
 
     def apply(self, pids: Iterable[int]) -> list[int]:
         """Cap each pid not capped yet, in a cgroup of its own; the pids newly capped."""
+        self._forget_exited()
         newly = []
         for pid in pids:
             if pid in self._origins:
@@ -92,7 +94,7 @@ class CpuCaps:
                 origin = self.hierarchy.group_of(pid)
             except (FileNotFoundError, ProcessLookupError, LookupError):
                 continue  # it exited meanwhile
-            group = self.parent / f"worker-{pid}"
+            group = self._group(pid)
             group.mkdir(exist_ok=True)
             self.write_quota(group)
             try:
@@ -102,7 +104,6 @@ class CpuCaps:
                 continue
             self._origins[pid] = origin
             newly.append(pid)
-        self._remove_empty()
         return newly
 
     def release(self) -> None:
@@ -110,8 +111,8 @@ class CpuCaps:
         for pid, origin in self._origins.items():
             with contextlib.suppress(ProcessLookupError, FileNotFoundError):
                 (origin / "cgroup.procs").write_text(str(pid))
+            self._remove(pid)
         self._origins.clear()
-        self._remove_empty()
         with contextlib.suppress(OSError):
             self.parent.rmdir()
 
@@ -124,12 +125,18 @@ class CpuCaps:
             (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
             (group / "cpu.cfs_quota_us").write_text(str(quota_us))
 
-    def _remove_empty(self) -> None:
-        """Remove the cgroups whose process has exited (a cgroup is removed with rmdir)."""
-        for group in self.parent.glob("worker-*"):
-            with contextlib.suppress(OSError):  # EBUSY while its process lives
-                group.rmdir()
-        for pid in [pid for pid in self._origins if not _alive(pid)]:
+    def _group(self, pid: int) -> Path:
+        return self.parent / f"worker-{pid}"
+
+    def _remove(self, pid: int) -> None:
+        """Remove `pid`'s cgroup, once empty (a cgroup is removed with rmdir)."""
+        with contextlib.suppress(OSError):  # EBUSY while a process is in it
+            self._group(pid).rmdir()
+
+    def _forget_exited(self) -> None:
+        """Drop the processes that have exited, and their cgroups."""
+        for pid in [pid for pid in self._origins if not alive(pid)]:
+            self._remove(pid)
             del self._origins[pid]
 
 
@@ -140,7 +147,7 @@ def release_stale(hierarchy: CpuHierarchy, prefix: str) -> list[int]:
     released = []
     for lab in hierarchy.mount.glob(f"{prefix}-*"):
         owner = lab.name.removeprefix(f"{prefix}-")
-        if not owner.isdigit() or _alive(int(owner)):
+        if not owner.isdigit() or alive(int(owner)):
             continue
         for group in lab.glob("worker-*"):
             for pid in (group / "cgroup.procs").read_text().split():
@@ -156,16 +163,6 @@ def _enable_cpu(group: Path) -> None:
     control = group / "cgroup.subtree_control"
     if "cpu" not in control.read_text().split():
         control.write_text("+cpu")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CapKeeper:

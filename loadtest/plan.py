@@ -5,11 +5,18 @@ Pure functions of the figures `loadtest.sweep` measured, so that each rule can b
 tested, on its own.
 """
 
+import dataclasses
 import statistics
 from dataclasses import dataclass
 
 from loadtest.run import load_generator_saturated
-from service.runtime.capacity import MIGRATION_CONNECTIONS, SPARE_CONNECTIONS
+from service.runtime.capacity import (
+    MIGRATION_CONNECTIONS,
+    MIN_WORKERS,
+    SPARE_CONNECTIONS,
+    ConnectionBudget,
+    default_workers,
+)
 
 # "Within a few percent of the best" (run-to-run noise on a shared 2-core machine is ~3%).
 NEAR_BEST = 0.95
@@ -19,9 +26,6 @@ POOL_BUSY_BOUND = 0.9  # share of the pools' connections in use above which the 
 # Share of all CPUs busy above which the machine is the bottleneck (a shared 2-core virtual
 # machine rarely shows more than 90% with everything on it saturated).
 MACHINE_BOUND = 0.85
-# Never fewer (service.runtime.capacity.default_workers): a recycled or reloaded worker must
-# not leave the socket without one that accepts.
-MIN_WORKERS = 2
 
 
 @dataclass(frozen=True)
@@ -46,11 +50,6 @@ class Step:
     other_cpu: float = 0.0  # cores busy outside the workers, Locust, PostgreSQL and nginx
     cpu_cap: float = 0.0  # the lab's cap per worker, in cores; 0 when uncapped
     cpus: int = 1  # CPUs of the machine the step ran on
-
-    @property
-    def worker_allowance(self) -> float:
-        """The most CPU one worker could use: its cap, or one core (one event loop)."""
-        return self.cpu_cap or 1.0
 
     @property
     def worker_ms_per_request(self) -> float:
@@ -185,30 +184,17 @@ class CapacityPlan:
     workers: int  # recommended workers on such a host
     requests_per_second: float  # projected throughput of that host
     database_cores: float  # PostgreSQL CPU that throughput needs
-    per_worker_connections: int
-    max_connections: int  # what the database allows ordinary roles (after reserved slots)
+    budget: ConnectionBudget  # the connections of that host's workers
 
     @property
     def per_core(self) -> float:
         """Requests per second one core of workers carries."""
         return 1000 / self.worker_ms if self.worker_ms else 0.0
 
-    @property
-    def connections(self) -> int:
-        """Connections that host's workers may open, plus a migration and the spare."""
-        return (
-            self.workers * self.per_worker_connections + MIGRATION_CONNECTIONS + SPARE_CONNECTIONS
-        )
-
-    @property
-    def max_workers(self) -> int:
-        """Workers, over all hosts, whose pools fit the database without a pooler."""
-        spare = self.max_connections - MIGRATION_CONNECTIONS - SPARE_CONNECTIONS
-        return max(0, spare // self.per_worker_connections)
-
     def describe(self) -> list[str]:
         """The plan, a sentence per line, for the report."""
-        hosts = self.max_workers // self.workers if self.workers else 0
+        budget = self.budget
+        hosts = budget.max_workers // self.workers if self.workers else 0
         return [
             f"A worker spends **{self.worker_ms:.2f} ms of CPU per request**: one core of "
             f"workers carries **{self.per_core:.0f} req/s**. nginx adds {self.nginx_ms:.2f} ms "
@@ -218,20 +204,19 @@ class CapacityPlan:
             f"**{self.requests_per_second:.0f} req/s** "
             f"({self.cores} cores / {self.worker_ms + self.nginx_ms:.2f} ms), for which "
             f"PostgreSQL needs about {self.database_cores:.1f} cores.",
-            f"Connections: {self.workers} workers x {self.per_worker_connections} "
+            f"Connections: {self.workers} workers x {budget.per_worker} "
             f"(DB_POOL_SIZE + DB_MAX_OVERFLOW) + {MIGRATION_CONNECTIONS} migration + "
-            f"{SPARE_CONNECTIONS} spare = {self.connections} of the {self.max_connections} the "
+            f"{SPARE_CONNECTIONS} spare = {budget.needed} of the {budget.available} the "
             "database allows.",
             f"A pooler (PgBouncer in transaction mode) becomes necessary beyond "
-            f"**{self.max_workers} workers in all**, that is beyond {hosts} such host"
+            f"**{budget.max_workers} workers in all**, that is beyond {hosts} such host"
             f"{'s' if hosts != 1 else ''} on this database's max_connections.",
         ]
 
 
-def capacity_plan(
-    steps: list[Step], cores: int, per_worker_connections: int, max_connections: int
-) -> CapacityPlan:
-    """Project the sweep's per-request costs (medians over its steps) onto `cores`."""
+def capacity_plan(steps: list[Step], cores: int, budget: ConnectionBudget) -> CapacityPlan:
+    """Project the sweep's per-request costs (medians over its steps) onto `cores`; `budget`
+    is the database's, for any worker count."""
     measured = [s for s in steps if s.requests_per_second > 0]
     worker_ms = statistics.median(s.worker_ms_per_request for s in measured)
     nginx_ms = statistics.median(
@@ -240,9 +225,8 @@ def capacity_plan(
     postgres_ms = statistics.median(
         _ms_per_request(s.postgres_cpu, s.requests_per_second) for s in measured
     )
-    # One worker per core, never fewer than two (a recycled worker must not leave the socket
-    # without an acceptor); they share the host's CPU with nginx.
-    workers = max(2, cores)
+    # The stack's own default on such a host: they share its CPU with nginx.
+    workers = default_workers(cores)
     per_request = worker_ms + nginx_ms
     throughput = min(cores * 1000 / per_request, workers * 1000 / worker_ms) if worker_ms else 0.0
     return CapacityPlan(
@@ -253,6 +237,5 @@ def capacity_plan(
         workers=workers,
         requests_per_second=throughput,
         database_cores=throughput * postgres_ms / 1000,
-        per_worker_connections=per_worker_connections,
-        max_connections=max_connections,
+        budget=dataclasses.replace(budget, workers=workers),
     )

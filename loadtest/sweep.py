@@ -18,7 +18,6 @@ the machine leaves them, flat after.
 """
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -49,12 +48,13 @@ from loadtest.run import (
     RESULTS,
     RunResult,
     default_processes,
+    load_generator_saturated,
     run_locust,
 )
 from loadtest.run import timestamp as make_timestamp
 from loadtest.thresholds import Thresholds, loopback_only
 from service.config import load_settings
-from service.runtime.capacity import server_limits, usable_cpus
+from service.runtime.capacity import ConnectionBudget, connection_budget, usable_cpus
 
 # Users per worker in a lab sweep. A capped worker is measured at its capacity, so each step
 # offers every worker the same load: enough users to keep it busy through the slices of its
@@ -157,23 +157,10 @@ def master_pid() -> int:
     return master
 
 
-def budget_line(workers: int) -> str:
-    """The connection budget check for `workers`, in one line."""
-    try:
-        return (
-            f"connection budget ok: {gunicorn.budget(Stack.from_environment(), workers).describe()}"
-        )
-    except StackError as exc:
-        return str(exc)
-
-
-def database_limits() -> tuple[int, int]:
-    """Connections per worker (DB_POOL_SIZE + DB_MAX_OVERFLOW), and what the stack's database
-    allows ordinary roles."""
+def database_budget(workers: int) -> ConnectionBudget:
+    """The connection budget of `workers` against the stack's database."""
     stack = Stack.from_environment()
-    settings = load_settings(database_url=stack.saved()["database_url"])
-    max_connections, reserved = asyncio.run(server_limits(settings))
-    return settings.db_pool_size + settings.db_max_overflow, max_connections - reserved
+    return connection_budget(load_settings(database_url=stack.saved()["database_url"]), workers)
 
 
 def users(args: argparse.Namespace, workers: int) -> int:
@@ -382,14 +369,14 @@ def main() -> None:
     if args.rounds > 1:
         write_csv(out_dir / "rounds.csv", measured)
     cores = args.plan_cores or usable_cpus()
-    per_worker, allowed = database_limits()
-    plan = capacity_plan(steps, cores, per_worker, allowed)
+    budget = database_budget(chosen.workers)
+    plan = capacity_plan(steps, cores, budget)
     plan_note = (
         f"Projected onto {cores} cores ({'--plan-cores' if args.plan_cores else 'this machine'}"
         "'s); pass `PLAN_CORES=N` to `make sweep` (or `--plan-cores N`) for another host size."
     )
     knee = predicted_knee(steps)
-    if any(s.load_generator_saturated for s in map(_as_run, steps)):
+    if any(load_generator_saturated(s.locust_cpu, s.locust_processes) for s in steps):
         notes.append("Locust limited at least one step: raise LOCUST_PROCESSES")
     if not args.cpu_per_worker:
         notes.append(
@@ -407,7 +394,7 @@ def main() -> None:
         steps=steps,
         chosen=chosen,
         reason=reason,
-        budget=budget_line(chosen.workers),
+        budget=budget.exceeded() or f"connection budget ok: {budget.describe()}",
         plan=plan,
         plan_note=plan_note,
         knee=knee,
@@ -463,11 +450,6 @@ def write_csv(path: Path, steps: list[Step]) -> None:
     names = [field.name for field in fields(Step)]
     rows = [",".join(names)] + [",".join(str(v) for v in asdict(s).values()) for s in steps]
     path.write_text("\n".join(rows) + "\n")
-
-
-def _as_run(step: Step) -> RunResult:
-    return RunResult(0, 0, step.requests_per_second, step.p50_ms, step.p95_ms, step.p99_ms,
-                     step.locust_cpu, 0.0, step.locust_processes)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ from service.runtime.cgroups import cpu_limit
 # operator's psql, monitoring and a backup.
 MIGRATION_CONNECTIONS = 1
 SPARE_CONNECTIONS = 4
+# Never fewer workers: one being recycled or restarted must not leave the socket without one
+# that accepts.
+MIN_WORKERS = 2
 
 
 def usable_cpus() -> int:
@@ -46,7 +49,7 @@ def default_workers(cpus: int | None = None) -> int:
     this). Two at least, so a worker being recycled or restarted never leaves the socket
     without one that accepts.
     """
-    return max(2, usable_cpus() if cpus is None else cpus)
+    return max(MIN_WORKERS, usable_cpus() if cpus is None else cpus)
 
 
 class BudgetExceededError(RuntimeError):
@@ -78,6 +81,17 @@ class ConnectionBudget:
         spare = self.available - MIGRATION_CONNECTIONS - SPARE_CONNECTIONS
         return max(0, spare // self.per_worker)
 
+    def exceeded(self) -> str | None:
+        """What does not fit and the fixes, in words; None when it fits."""
+        if self.needed <= self.available:
+            return None
+        return (
+            f"connection budget exceeded: {self.describe()}. Fix one of: run at most "
+            f"{self.max_workers} workers (WEB_CONCURRENCY), shrink DB_POOL_SIZE/"
+            "DB_MAX_OVERFLOW, raise the server's max_connections, or put a pooler such as "
+            "PgBouncer (transaction mode) between the workers and the database"
+        )
+
     def describe(self) -> str:
         """The arithmetic, in one line."""
         return (
@@ -104,23 +118,23 @@ async def server_limits(settings: Settings) -> tuple[int, int]:
         await connection.close()
 
 
-def check_budget(settings: Settings, workers: int) -> ConnectionBudget:
-    """Raise BudgetExceededError, with the numbers and the fixes, if `workers` do not fit."""
+def connection_budget(settings: Settings, workers: int) -> ConnectionBudget:
+    """The connections `workers` need, against what the database server allows (asked)."""
     max_connections, reserved = asyncio.run(server_limits(settings))
-    budget = ConnectionBudget(
+    return ConnectionBudget(
         workers=workers,
         per_worker=settings.db_pool_size + settings.db_max_overflow,
         max_connections=max_connections,
         reserved=reserved,
     )
-    if budget.needed > budget.available:
-        msg = (
-            f"connection budget exceeded: {budget.describe()}. Fix one of: run at most "
-            f"{budget.max_workers} workers (WEB_CONCURRENCY), shrink DB_POOL_SIZE/"
-            "DB_MAX_OVERFLOW, raise the server's max_connections, or put a pooler such as "
-            "PgBouncer (transaction mode) between the workers and the database"
-        )
-        raise BudgetExceededError(msg)
+
+
+def check_budget(settings: Settings, workers: int) -> ConnectionBudget:
+    """Raise BudgetExceededError, with the numbers and the fixes, if `workers` do not fit."""
+    budget = connection_budget(settings, workers)
+    problem = budget.exceeded()
+    if problem:
+        raise BudgetExceededError(problem)
     return budget
 
 

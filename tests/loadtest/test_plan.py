@@ -6,6 +6,7 @@ from typing import Any
 import pytest
 
 from loadtest.plan import Step, capacity_plan, knee_count, predicted_knee, recommend
+from service.runtime.capacity import ConnectionBudget
 
 
 def step(workers: int, rps: float, p99: float, **overrides: float) -> Step:
@@ -111,21 +112,22 @@ def test_each_step_names_what_limited_it() -> None:
 
 def test_the_capacity_plan_projects_the_measured_costs_onto_a_host() -> None:
     steps = [lab_step(1, 200), lab_step(2, 400), lab_step(4, 800)]
-    plan = capacity_plan(steps, cores=16, per_worker_connections=5, max_connections=197)
+    database = ConnectionBudget(workers=1, per_worker=5, max_connections=200, reserved=3)
+    plan = capacity_plan(steps, cores=16, budget=database)
     assert plan.worker_ms == pytest.approx(0.5)
     assert plan.per_core == pytest.approx(2000)
     assert plan.nginx_ms == pytest.approx(0.1)
     assert plan.workers == 16
     assert plan.requests_per_second == pytest.approx(16 * 1000 / 0.6)
     assert plan.database_cores == pytest.approx(plan.requests_per_second * 0.0002)
-    assert plan.connections == 16 * 5 + 1 + 4
-    assert plan.max_workers == (197 - 5) // 5
+    assert plan.budget.needed == 16 * 5 + 1 + 4
+    assert plan.budget.max_workers == (197 - 5) // 5
     text = " ".join(plan.describe())
     assert "0.50 ms of CPU per request" in text
     assert "A host of **16 cores**" in text
     assert "beyond **38 workers in all**, that is beyond 2 such hosts" in text
     # A small host still gets two workers.
-    assert capacity_plan(steps, cores=1, per_worker_connections=5, max_connections=197).workers == 2
+    assert capacity_plan(steps, cores=1, budget=database).workers == 2
 
 
 def test_the_recommendation_never_goes_below_two_workers() -> None:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 from ruamel.yaml import YAML
 
+from loadtest.panels import substitute as substitute_variables
 from service.config import ROOT
 from tests.metrics import instant_query
 from tests.stack import Load, Stack
@@ -45,8 +46,6 @@ SUBSTITUTIONS = {
     "__range_s": "900",
     "__range_ms": "900000",
 }
-# $name, ${name} and ${name:format}.
-VARIABLE = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
 
 
 def yaml_file(path: Path) -> dict[str, Any]:
@@ -77,13 +76,7 @@ def queries() -> list[tuple[str, str, str]]:
 
 def substitute(expr: str) -> str:
     """The expression as Grafana sends it to Prometheus; an unknown variable fails."""
-
-    def replace(match: re.Match[str]) -> str:
-        name = match.group(1) or match.group(2)
-        assert name in SUBSTITUTIONS, f"unknown Grafana variable ${name} in {expr!r}"
-        return SUBSTITUTIONS[name]
-
-    return VARIABLE.sub(replace, expr)
+    return substitute_variables(expr, SUBSTITUTIONS)
 
 
 def generate(*args: str) -> subprocess.CompletedProcess[str]:

@@ -57,11 +57,12 @@ from service.config import load_settings
 from service.runtime.capacity import ConnectionBudget, connection_budget, usable_cpus
 
 # Users per worker in a lab sweep. A capped worker is measured at its capacity, so each step
-# offers every worker the same load: enough users to keep it busy through the slices of its
-# cap (a worker at 0.2 CPU serves ~400 req/s; users think 25 ms on average), and few enough
-# that requests do not pile up behind its pool, which costs it CPU: with a fixed 150 users,
-# one worker's CPU per request varied from 0.46 to 0.79 ms from step to step.
-LAB_USERS_PER_WORKER = 25
+# offers every worker the same load: enough users to keep it at its cap, and few enough that
+# requests do not queue deep behind its pool, which costs it CPU per request. With 25 users per
+# worker (20 waiting on a pool of 5), two workers capped at 0.2 spent 10 to 15% more CPU per
+# request than one, and served 1.56 to 1.90 times one; with 10, 1.86 to 2.6 (median 1.96), each
+# worker still at its cap (docs/performance.md, "Scaling lab").
+LAB_USERS_PER_WORKER = 10
 
 
 def default_worker_counts(cpu_per_worker: float) -> list[int]:

@@ -23,10 +23,12 @@ from pathlib import Path
 from deploy.native.processes import alive
 from service.runtime.cgroups import CpuHierarchy, cpu_hierarchy
 
-# CFS period: the quota is spent over windows this long. The kernel's default, 100 ms, lets a
-# worker capped at 0.2 CPU run 20 ms and then freezes it for 80: every request caught in the
-# freeze waits for it. 10 ms windows spread the same share finely.
-PERIOD_US = 10_000
+# CFS period: the quota is spent over windows this long; the kernel's default, 100 ms. A worker
+# capped at 0.2 CPU runs 20 ms and is then frozen for 80, which costs latency, not throughput.
+# Finer windows cost throughput: at 10 ms a worker capped at 0.2 spent 1.7 to 2.4 ms of CPU per
+# request against 1.3 to 1.5 at 100 ms (1.1 uncapped), each 2 ms slice starting on caches the
+# rest of the machine had filled (docs/performance.md, "Scaling lab").
+PERIOD_US = 100_000
 # Below this, a cap is mostly scheduling noise (the kernel's minimum quota is 1 ms).
 MIN_CORES = 0.01
 

@@ -47,15 +47,17 @@ STACK := $(RUN) python -m deploy.native
 WORKERS ?=
 # Docker Compose when a Docker engine answers; else the same topology as local processes.
 ENGINE := $(shell docker info >/dev/null 2>&1 && echo compose || echo native)
+# POOLER=pgbouncer: PgBouncer (transaction mode) between the workers and PostgreSQL.
+COMPOSE_FILES := -f docker-compose.yml $(if $(filter pgbouncer,$(POOLER)),-f deploy/compose/pgbouncer.yml)
 define refuse_in_compose
 	@echo 'make $(1): refused with Docker Compose: $(2)' >&2; exit 2
 endef
 
 .PHONY: up
-up: install ## Start the stack (Compose if a Docker engine answers, else native) and wait for /readyz
+up: install ## Start the stack (Compose if a Docker engine answers, else native) and wait for /readyz [POOLER=pgbouncer]
 ifeq ($(ENGINE),compose)
 	@test -f .env || { echo 'make up: Docker Compose needs .env: cp .env.example .env, then replace every change-me' >&2; exit 2; }
-	docker compose up --detach --wait
+	docker compose $(COMPOSE_FILES) up --detach --wait
 	@echo "stack: ready at http://127.0.0.1:$${HTTP_PORT:-8080}/api/v1/notes"
 else
 	$(STACK) up
@@ -64,7 +66,7 @@ endif
 .PHONY: down
 down: ## Stop everything `make up` started and free every port
 ifeq ($(ENGINE),compose)
-	docker compose down
+	docker compose $(COMPOSE_FILES) down --remove-orphans
 else
 	$(STACK) down
 endif
@@ -131,7 +133,7 @@ sweep: install ## Load at several worker counts, a recommendation and a capacity
 
 .PHONY: bench
 bench: install ## The service against hand-written FastAPI and Starlette on asyncpg, side by side: every ratio printed
-	deploy/native/install-deps wrk
+	deploy/native/install-deps wrk pgbouncer
 	$(RUN) python -m loadtest.bench.endpoints
 	$(RUN) python -m loadtest.bench.log_line
 

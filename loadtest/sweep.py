@@ -53,8 +53,7 @@ from loadtest.run import (
 )
 from loadtest.run import timestamp as make_timestamp
 from loadtest.thresholds import Thresholds, loopback_only
-from service.config import load_settings
-from service.runtime.capacity import ConnectionBudget, connection_budget, usable_cpus
+from service.runtime.capacity import Budget, connection_budget, usable_cpus
 
 # Users per worker in a lab sweep. A capped worker is measured at its capacity, so each step
 # offers every worker the same load: enough users to keep it at its cap, and few enough that
@@ -158,10 +157,9 @@ def master_pid() -> int:
     return master
 
 
-def database_budget(workers: int) -> ConnectionBudget:
-    """The connection budget of `workers` against the stack's database."""
-    stack = Stack.from_environment()
-    return connection_budget(load_settings(database_url=stack.saved()["database_url"]), workers)
+def database_budget(workers: int) -> Budget:
+    """The connection budget of `workers` against the stack's database (and pooler)."""
+    return connection_budget(Stack.from_environment().app_settings(), workers)
 
 
 def users(args: argparse.Namespace, workers: int) -> int:
@@ -371,7 +369,7 @@ def main() -> None:
         write_csv(out_dir / "rounds.csv", measured)
     cores = args.plan_cores or usable_cpus()
     budget = database_budget(chosen.workers)
-    plan = capacity_plan(steps, cores, budget)
+    plan = capacity_plan(steps, cores, budget.pools)
     plan_note = (
         f"Projected onto {cores} cores ({'--plan-cores' if args.plan_cores else 'this machine'}"
         "'s); pass `PLAN_CORES=N` to `make sweep` (or `--plan-cores N`) for another host size."

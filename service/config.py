@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 LogFormat = Literal["json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Environment = Literal["development", "test", "production"]
+Pooler = Literal["none", "pgbouncer"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:55432/notes"
@@ -69,6 +70,33 @@ class Settings(_FromEnvironment):
         "steady load they churn: raise the pool size instead",
         ge=0,
         le=1000,
+    )
+    db_pooler: Pooler = setting(
+        "none",
+        "what DATABASE_URL reaches: behind `pgbouncer` (transaction mode, before 1.21) asyncpg "
+        "keeps no prepared statements, which another client's server connection would lack; "
+        "`none` prepares each statement once per connection",
+    )
+    app_hosts: int = setting(
+        1,
+        "hosts (or pods) that each run this many workers against the same database or "
+        "pooler: the connection budget counts the workers of all of them",
+        ge=1,
+        le=10_000,
+    )
+    pgbouncer_max_client_conn: int = setting(
+        500,
+        "with DB_POOLER=pgbouncer: the client connections PgBouncer accepts, which the "
+        "workers' pools of every host must fit",
+        ge=1,
+        le=100_000,
+    )
+    pgbouncer_pool_size: int = setting(
+        20,
+        "with DB_POOLER=pgbouncer: PgBouncer's connections to PostgreSQL, which every client "
+        "shares; they must fit max_connections",
+        ge=1,
+        le=10_000,
     )
     db_pool_timeout: float = setting(
         10.0, "seconds a request waits for a connection before 503", gt=0, le=300
@@ -235,6 +263,19 @@ class StackSettings(RunDirSettings):
         le=65535,
     )
     prometheus_port: int = setting(9090, "Prometheus on 127.0.0.1", ge=1, le=65535)
+    pooler: Pooler = setting(
+        "none",
+        "`pgbouncer`: run PgBouncer (transaction mode) between the workers and PostgreSQL "
+        "(`make up POOLER=pgbouncer`); `none`: the workers connect to PostgreSQL",
+        per_deployment=False,
+    )
+    pgbouncer_port: int = setting(
+        56432,
+        "PgBouncer on 127.0.0.1, with POOLER=pgbouncer",
+        per_deployment=False,
+        ge=1,
+        le=65535,
+    )
     nginx_exporter_port: int = setting(
         9113,
         "the nginx exporter on 127.0.0.1 (stub_status as metrics)",

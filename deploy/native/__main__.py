@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from deploy.native import gunicorn, monitoring, nginx, postgres
+from deploy.native import gunicorn, monitoring, nginx, pgbouncer, postgres
 from deploy.native.processes import (
     StackError,
     children,
@@ -41,14 +41,8 @@ def up(stack: Stack) -> None:
     run_helper("install-deps", "nginx", "prometheus")
 
     running = gunicorn.master(stack)
-    state = stack.saved() if running else {}
-    if not state:
-        state = postgres.ensure_database(stack)
-        stack.save(state)
-    elif state.get("private_postgres"):
-        postgres.start_private(stack)
+    _database(stack, stack.saved() if running else {})
     env = stack.service_env()
-    postgres.migrate(env)
 
     if running:
         log(f"gunicorn: already running (master {running})")
@@ -78,6 +72,28 @@ def up(stack: Stack) -> None:
         print(f"  {name:<11} {url}")
 
 
+def _database(stack: Stack, state: dict[str, str]) -> None:
+    """The database (DATABASE_URL, or the private cluster started), migrated, and PgBouncer in
+    front of it with POOLER=pgbouncer. A running stack keeps what it was started with."""
+    pooler = stack.settings.pooler
+    if not state:
+        state = postgres.ensure_database(stack)
+        state["pooler"] = pooler
+        if pooler == "pgbouncer":
+            state["pooled_url"] = pgbouncer.pooled_url(stack, state["database_url"])
+        stack.save(state)
+    else:
+        ran_with = state.get("pooler") or "none"
+        if "pooler" in stack.settings.model_fields_set and pooler != ran_with:
+            fail(f"the stack runs with POOLER={ran_with}: make down, then make up POOLER={pooler}")
+        if state.get("private_postgres"):
+            postgres.start_private(stack)
+    postgres.migrate(stack.migration_env())
+    if state.get("pooler") == "pgbouncer":
+        run_helper("install-deps", "pgbouncer")
+        pgbouncer.start(stack, state["database_url"])
+
+
 def _eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
     deadline = time.monotonic() + seconds
     while not check():
@@ -89,9 +105,11 @@ def _eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
 
 def down(stack: Stack) -> None:
     """Stop Prometheus, nginx, gunicorn and the private cluster; check every port is free."""
+    pooled = stack.saved().get("pooler") == "pgbouncer"
     monitoring.stop(stack)
     nginx.stop(stack)
     gunicorn.stop(stack)
+    pgbouncer.stop(stack)
     if (
         stack.saved().get("private_postgres")
         or (stack.layout.postgres_dir / "postmaster.pid").exists()
@@ -105,6 +123,7 @@ def down(stack: Stack) -> None:
         settings.ops_port,
         settings.prometheus_port,
         settings.nginx_exporter_port,
+        *([settings.pgbouncer_port] if pooled else []),
     )
     busy = [port for port in ports if port_open(port)]
     if busy:
@@ -117,6 +136,9 @@ def status(stack: Stack) -> None:
     state = stack.saved()
     private = state.get("private_postgres")
     print(f"postgres  {'private cluster' if private else ('DATABASE_URL' if state else 'unknown')}")
+    if state.get("pooler") == "pgbouncer":
+        bouncer = read_pid(stack.layout.pidfile(pgbouncer.NAME))
+        print(f"pgbouncer {'pid ' + str(bouncer) if bouncer else 'stopped'}")
     master = gunicorn.master(stack)
     if master:
         workers = children(master)

@@ -17,8 +17,8 @@ from deploy.native.processes import (
     wait_for,
 )
 from deploy.native.state import Stack
-from service.config import ROOT, ConfigurationError, load_settings
-from service.runtime.capacity import BudgetExceededError, ConnectionBudget, check_budget
+from service.config import ROOT, ConfigurationError
+from service.runtime.capacity import Budget, BudgetExceededError, check_budget
 from service.runtime.layout import RunLayout
 
 
@@ -56,24 +56,29 @@ def start(stack: Stack, env: dict[str, str], workers: int) -> int:
     ]
     process = spawn(stack.layout.app_log, argv, env=env)
 
-    def pidfile_written() -> bool:
+    def fail_if_exited() -> None:
+        # Its last lines say why: a refused connection budget, a bad setting, an import error.
         if process.poll() is not None:
             tail = stack.layout.app_log.read_text(errors="replace").splitlines()[-15:]
             fail("gunicorn exited during start:\n" + "\n".join(tail))
+
+    def pidfile_written() -> bool:
+        fail_if_exited()
         return read_pid(stack.layout.gunicorn_pidfile) == process.pid
 
     wait_for("gunicorn's pid file", pidfile_written, 30)
     if not wait_workers(stack, process.pid, workers):
+        # gunicorn writes its pid file before its on_starting hook (the budget check) runs.
+        fail_if_exited()
         fail(f"{workers} gunicorn workers did not get ready; see {stack.layout.app_log}")
     return process.pid
 
 
-def budget(stack: Stack, workers: int) -> ConnectionBudget:
+def budget(stack: Stack, workers: int) -> Budget:
     """The connection budget of `workers` against the stack's database; fail if it does not
     fit, naming the fixes."""
     try:
-        settings = load_settings(database_url=stack.saved()["database_url"])
-        return check_budget(settings, workers)
+        return check_budget(stack.app_settings(), workers)
     except (BudgetExceededError, ConfigurationError) as exc:
         fail(str(exc))
     except (OSError, TimeoutError) as exc:

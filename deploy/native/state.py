@@ -4,7 +4,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from service.config import StackSettings, load
+from service.config import Settings, StackSettings, load, load_settings
 from service.runtime.layout import RunLayout
 
 
@@ -37,7 +37,8 @@ class Stack:
         return f"http://127.0.0.1:{self.settings.prometheus_port}"
 
     def saved(self) -> dict[str, str]:
-        """What `up` decided: the database URL, and whether the cluster is the private one."""
+        """What `up` decided: the database URL, whether the cluster is the private one, and
+        the pooler in front of it with the URL the workers use instead."""
         try:
             state: dict[str, str] = json.loads(self.layout.state_file.read_text())
         except (OSError, ValueError):
@@ -49,9 +50,22 @@ class Stack:
         self.layout.state_file.write_text(json.dumps(state))
 
     def service_env(self) -> dict[str, str]:
-        """The environment gunicorn and Alembic run with."""
+        """The environment gunicorn runs with: through the pooler, if there is one."""
+        state = self.saved()
+        pooler = state.get("pooler") or "none"
         return {
             **os.environ,
             "RUN_DIR": str(self.layout.root),
-            "DATABASE_URL": self.saved()["database_url"],
+            "DATABASE_URL": state["pooled_url"] if pooler != "none" else state["database_url"],
+            "DB_POOLER": pooler,
         }
+
+    def migration_env(self) -> dict[str, str]:
+        """The environment Alembic runs with: straight to PostgreSQL, whose session advisory
+        lock keeps two migrations from racing (a transaction pooler would not hold it)."""
+        return {**self.service_env(), "DATABASE_URL": self.saved()["database_url"]}
+
+    def app_settings(self) -> Settings:
+        """The settings the workers run with (the budget check's view of the stack)."""
+        env = self.service_env()
+        return load_settings(database_url=env["DATABASE_URL"], db_pooler=env["DB_POOLER"])

@@ -6,7 +6,8 @@ the machine's noise hits all of them alike. Printed, with every ratio:
 
     reads    GET /api/v1/notes/{id}, random ids: bare Starlette + asyncpg, FastAPI + asyncpg,
              the service as deployed (access line at INFO, multiprocess metrics), and the
-             service with its access line and request metrics off
+             service with its access line and request metrics off, and the service through
+             PgBouncer (transaction mode, DB_POOLER=pgbouncer): what the pooler costs
     writes   POST, and PATCH with a current If-Match: Starlette + asyncpg against the service
     memory   the service worker's resident memory after all of that
     start    seconds from a gunicorn worker's fork to its ready marker
@@ -20,6 +21,7 @@ import argparse
 import asyncio
 import os
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -36,6 +38,9 @@ import asyncpg
 import httpx
 import psutil
 
+from deploy.native import pgbouncer
+from deploy.native.state import Stack
+from service.config import StackSettings
 from service.runtime.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,6 +185,22 @@ def versions_file(database: str, first: int, last: int) -> str:
     return file.name
 
 
+@contextmanager
+def pgbouncer_in_front_of(database_url: str) -> Iterator[str]:
+    """PgBouncer (transaction mode, as `make up POOLER=pgbouncer` runs it) in front of
+    `database_url`, in a run dir of its own; the URL that reaches the database through it."""
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-pgbouncer-"))
+    run_dir.chmod(0o755)  # it runs as an unprivileged user when the benchmark is root
+    (run_dir / "logs").mkdir()
+    stack = Stack(RunLayout(run_dir), StackSettings(run_dir=run_dir, pgbouncer_port=18199))
+    pgbouncer.start(stack, database_url)
+    try:
+        yield pgbouncer.pooled_url(stack, database_url)
+    finally:
+        pgbouncer.stop(stack)
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def worker_start_seconds(env: dict[str, str], samples: int = 3) -> list[float]:
     """Seconds from TTIN (the master forks at once) to the new worker's ready marker."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-start-"))
@@ -257,11 +278,16 @@ def main() -> None:
         service = Contender("service, as deployed", service_app, 18103, deployed)
         unobserved = Contender("service, no observability", service_app, 18104, quiet)
         with ExitStack() as stack:
-            processes = {
-                c.label: stack.enter_context(serving(c))
-                for c in (bare, fastapi, service, unobserved)
-            }
-            reads = compare("read", [bare, fastapi, service, unobserved], READ, args)
+            bouncer = stack.enter_context(pgbouncer_in_front_of(url))
+            pooled = Contender(
+                "service, through PgBouncer",
+                service_app,
+                18105,
+                {**deployed, "DATABASE_URL": bouncer, "DB_POOLER": "pgbouncer"},
+            )
+            readers = [bare, fastapi, service, unobserved, pooled]
+            processes = {c.label: stack.enter_context(serving(c)) for c in readers}
+            reads = compare("read", readers, READ, args)
             creates = compare("create", [bare, service], CREATE, args)
             half = args.rows // 2
             ranges = {bare.label: (1, half), service.label: (half + 1, args.rows)}
@@ -295,6 +321,7 @@ def main() -> None:
         ("read, service / bare", ratio(reads, bare), ">= 0.50"),
         ("read, service / FastAPI + asyncpg", ratio(reads, fastapi), ">= 0.64"),
         ("read, cost of observability", f"{1 - float(ratio(reads, unobserved)):.0%}", "<= 10%"),
+        ("read, cost of PgBouncer", f"{1 - float(ratio(reads, service, pooled)):.0%}", ""),
         *((f"create req/s, {label}", rate(creates, label), "") for label in creates),
         ("create, service / Starlette + asyncpg", ratio(creates, bare), ">= 0.50"),
         *((f"update req/s, {label}", rate(updates, label), "") for label in updates),

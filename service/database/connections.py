@@ -14,6 +14,7 @@ everything else in it together, measured with py-spy under wrk (docs/performance
 import asyncio
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -155,6 +156,28 @@ def create_database(settings: Settings) -> Database:
     pool: everything `create_async_engine` builds but the `AsyncEngine` wrapper, whose module
     brings in the ORM. Pool calls that connect or close run inside `greenlet_spawn`.
     """
+    connect_args: dict[str, object] = {
+        "timeout": settings.db_connect_timeout,
+        "server_settings": {
+            # The pid tells which worker holds a connection in pg_stat_activity.
+            "application_name": f"notes-service:{os.getpid()}",
+            "statement_timeout": str(int(settings.db_statement_timeout * 1000)),
+            # Millisecond queries never gain from JIT; it only adds planning time.
+            "jit": "off",
+        },
+    }
+    if settings.db_pooler != "none":
+        # PgBouncer before 1.21 does not track prepared statements: one prepared by name on a
+        # server connection is missing from the next the client is given, or its name is taken
+        # there by another client's. With its cache off, asyncpg prepares each statement
+        # unnamed and runs it in the same exchange (Parse, Describe, Flush, then Bind,
+        # Execute, Sync: PgBouncer keeps the server until that Sync's answer), and SQLAlchemy's
+        # setup queries name theirs uniquely: the asyncpg dialect's documented recipe.
+        connect_args |= {
+            "statement_cache_size": 0,
+            "prepared_statement_cache_size": 0,
+            "prepared_statement_name_func": _unique_statement_name,
+        }
     engine = create_engine(
         settings.sqlalchemy_url,
         poolclass=AsyncAdaptedQueuePool,
@@ -166,22 +189,17 @@ def create_database(settings: Settings) -> Database:
         # Statements run in autocommit or in a transaction they end themselves: a returned
         # connection has nothing to roll back.
         pool_reset_on_return=None,
-        connect_args={
-            "timeout": settings.db_connect_timeout,
-            "server_settings": {
-                # The pid tells which worker holds a connection in pg_stat_activity.
-                "application_name": f"notes-service:{os.getpid()}",
-                "statement_timeout": str(int(settings.db_statement_timeout * 1000)),
-                # Millisecond queries never gain from JIT; it only adds planning time.
-                "jit": "off",
-            },
-        },
+        connect_args=connect_args,
     )
     return Database(
         engine=engine,
         capacity=settings.db_pool_size + settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
     )
+
+
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4()}__"
 
 
 async def get_database(request: Request) -> Database:

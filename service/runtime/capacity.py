@@ -58,12 +58,26 @@ class BudgetExceededError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class ConnectionBudget:
-    """How many connections a worker count needs, against what the server allows."""
+    """How many connections a worker count needs, against what the server allows.
+
+    The server is PostgreSQL (`max_connections`), or PgBouncer (`max_client_conn`) for the
+    workers behind it while PgBouncer's own server pool is the "worker" PostgreSQL counts.
+    """
 
     workers: int
     per_worker: int
     max_connections: int
     reserved: int
+    # What is counted and its knobs, what limits it, and the fixes when it does not fit.
+    clients: str = "workers"
+    clients_knob: str = "WEB_CONCURRENCY per host x APP_HOSTS"
+    per_worker_knob: str = "DB_POOL_SIZE + DB_MAX_OVERFLOW"
+    limit: str = "max_connections"
+    fixes: str = (
+        "shrink DB_POOL_SIZE/DB_MAX_OVERFLOW, raise the server's max_connections, or put a "
+        "pooler such as PgBouncer (transaction mode, `make up POOLER=pgbouncer`) between the "
+        "workers and the database"
+    )
 
     @property
     def needed(self) -> int:
@@ -87,25 +101,50 @@ class ConnectionBudget:
             return None
         return (
             f"connection budget exceeded: {self.describe()}. Fix one of: run at most "
-            f"{self.max_workers} workers (WEB_CONCURRENCY), shrink DB_POOL_SIZE/"
-            "DB_MAX_OVERFLOW, raise the server's max_connections, or put a pooler such as "
-            "PgBouncer (transaction mode) between the workers and the database"
+            f"{self.max_workers} {self.clients} in all ({self.clients_knob}), {self.fixes}"
         )
 
     def describe(self) -> str:
         """The arithmetic, in one line."""
         return (
-            f"{self.workers} workers x {self.per_worker} connections (DB_POOL_SIZE + "
-            f"DB_MAX_OVERFLOW) + {MIGRATION_CONNECTIONS} migration + {SPARE_CONNECTIONS} spare "
-            f"= {self.needed}; the server allows {self.max_connections} max_connections - "
-            f"{self.reserved} reserved = {self.available}"
+            f"{self.workers} {self.clients} x {self.per_worker} connections "
+            f"({self.per_worker_knob}) + "
+            f"{MIGRATION_CONNECTIONS} migration + {SPARE_CONNECTIONS} spare = {self.needed}; "
+            f"{self.limit} {self.max_connections} - {self.reserved} reserved = {self.available}"
         )
 
 
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """Every connection limit between the workers and PostgreSQL: one part without a pooler;
+    with PgBouncer, the workers of every host against its client limit, and its server pool
+    against PostgreSQL's."""
+
+    parts: tuple[ConnectionBudget, ...]
+
+    @property
+    def pools(self) -> ConnectionBudget:
+        """The part the workers' pools count against: PostgreSQL, or PgBouncer's clients."""
+        return self.parts[0]
+
+    def exceeded(self) -> str | None:
+        """The first limit that does not fit, with its fixes; None when all fit."""
+        return next((problem for part in self.parts if (problem := part.exceeded())), None)
+
+    def describe(self) -> str:
+        """Each part's arithmetic."""
+        return "; ".join(part.describe() for part in self.parts)
+
+
 async def server_limits(settings: Settings) -> tuple[int, int]:
-    """The server's max_connections and the slots reserved for superusers and others."""
+    """The server's max_connections and the slots reserved for superusers and others.
+
+    Asked without a named prepared statement, so that it also works through PgBouncer.
+    """
     dsn = settings.sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
-    connection = await asyncpg.connect(dsn, timeout=settings.db_connect_timeout)
+    connection = await asyncpg.connect(
+        dsn, timeout=settings.db_connect_timeout, statement_cache_size=0
+    )
     try:
         max_connections = int(await connection.fetchval("SHOW max_connections"))
         reserved = int(await connection.fetchval("SHOW superuser_reserved_connections"))
@@ -118,18 +157,42 @@ async def server_limits(settings: Settings) -> tuple[int, int]:
         await connection.close()
 
 
-def connection_budget(settings: Settings, workers: int) -> ConnectionBudget:
-    """The connections `workers` need, against what the database server allows (asked)."""
-    max_connections, reserved = asyncio.run(server_limits(settings))
-    return ConnectionBudget(
-        workers=workers,
-        per_worker=settings.db_pool_size + settings.db_max_overflow,
+def budget_for(settings: Settings, workers: int, max_connections: int, reserved: int) -> Budget:
+    """The budget of `workers` per host on `settings.app_hosts` hosts, given PostgreSQL's
+    limits."""
+    per_worker = settings.db_pool_size + settings.db_max_overflow
+    hosts = settings.app_hosts
+    if settings.db_pooler == "none":
+        return Budget((ConnectionBudget(hosts * workers, per_worker, max_connections, reserved),))
+    clients = ConnectionBudget(
+        workers=hosts * workers,
+        per_worker=per_worker,
+        max_connections=settings.pgbouncer_max_client_conn,
+        reserved=0,
+        limit="PgBouncer's max_client_conn",
+        fixes="shrink DB_POOL_SIZE/DB_MAX_OVERFLOW or raise PGBOUNCER_MAX_CLIENT_CONN",
+    )
+    servers = ConnectionBudget(
+        workers=1,
+        per_worker=settings.pgbouncer_pool_size,
         max_connections=max_connections,
         reserved=reserved,
+        clients="PgBouncer server pools",
+        clients_knob="one PgBouncer",
+        per_worker_knob="PGBOUNCER_POOL_SIZE",
+        fixes="shrink PGBOUNCER_POOL_SIZE or raise the server's max_connections",
     )
+    return Budget((clients, servers))
 
 
-def check_budget(settings: Settings, workers: int) -> ConnectionBudget:
+def connection_budget(settings: Settings, workers: int) -> Budget:
+    """The connections `workers` (per host) need, against what the database server allows
+    (asked, through the pooler if there is one) and what the pooler accepts."""
+    max_connections, reserved = asyncio.run(server_limits(settings))
+    return budget_for(settings, workers, max_connections, reserved)
+
+
+def check_budget(settings: Settings, workers: int) -> Budget:
     """Raise BudgetExceededError, with the numbers and the fixes, if `workers` do not fit."""
     budget = connection_budget(settings, workers)
     problem = budget.exceeded()

@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ruamel.yaml import YAML
+from sqlalchemy.engine import make_url
 
 from deploy import settings_docs
 from deploy.native import nginx
@@ -625,3 +626,48 @@ def test_nginx_exporter_reads_the_ops_servers_stub_status() -> None:
     servers = re.split(r"\n\s*server\s*\{", NGINX_CONF.read_text())
     [ops] = [server for server in servers if re.search(r"listen\s+\S*:\$\{OPS_PORT\};", server)]
     assert re.search(r"location\s*=\s*/stub_status\s*\{\s*stub_status;", ops)
+
+
+# --- PgBouncer (make up POOLER=pgbouncer) -------------------------------------------------------
+
+POOLER_FILE = ROOT / "deploy" / "compose" / "pgbouncer.yml"
+
+
+def test_the_pooler_override_matches_the_compose_spec() -> None:
+    result = run_tool(
+        str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(POOLER_FILE)
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_pooler_override_puts_pgbouncer_between_app_and_db_only() -> None:
+    """The app reaches PgBouncer, told it is there; migrate still goes straight to db;
+    PgBouncer, in transaction mode, sits on the internal network with no published port."""
+    override = YAML(typ="safe", pure=True).load(POOLER_FILE)["services"]
+    assert set(override) == {"pgbouncer", "app"}
+    bouncer = override["pgbouncer"]
+    assert re.fullmatch(r"edoburu/pgbouncer:v1\.\d+\.\d+(-p\d+)?", bouncer["image"])
+    assert bouncer["networks"] == ["internal"]
+    assert "ports" not in bouncer
+    assert depends_on(bouncer) == {"db": {"condition": "service_healthy"}}
+    env = {"POSTGRES_USER": "notes", "POSTGRES_PASSWORD": "secret", "POSTGRES_DB": "notes"}
+    settings = {
+        name: interpolate(str(value), env) for name, value in bouncer["environment"].items()
+    }
+    assert settings["POOL_MODE"] == "transaction"
+    assert (settings["DB_HOST"], settings["DB_PORT"], settings["LISTEN_PORT"]) == (
+        "db",
+        "5432",
+        "5432",
+    )
+    assert set(settings["IGNORE_STARTUP_PARAMETERS"].split(",")) == {"statement_timeout", "jit"}
+    defaults = load_settings()
+    assert int(settings["MAX_CLIENT_CONN"]) == defaults.pgbouncer_max_client_conn
+    assert int(settings["DEFAULT_POOL_SIZE"]) == defaults.pgbouncer_pool_size
+    app = override["app"]
+    url = make_url(interpolate(app["environment"]["DATABASE_URL"], env))
+    assert (url.host, url.port, url.database) == ("pgbouncer", 5432, "notes")
+    assert app["environment"]["DB_POOLER"] == "pgbouncer"
+    assert load_settings(db_pooler=app["environment"]["DB_POOLER"]).db_pooler == "pgbouncer"
+    assert depends_on(app) == {"pgbouncer": {"condition": "service_started"}}
+    assert "migrate" not in override  # its advisory lock needs a session of its own

@@ -1,0 +1,123 @@
+"""PgBouncer in transaction mode between the workers and PostgreSQL (`make up POOLER=pgbouncer`).
+
+The workers connect to PgBouncer on 127.0.0.1:PGBOUNCER_PORT with the database URL's own user
+and password; PgBouncer keeps at most PGBOUNCER_POOL_SIZE connections to PostgreSQL, however
+many workers and hosts ask. Migrations bypass it: their advisory lock belongs to a session,
+which a transaction pooler hands to someone else after each transaction.
+
+Debian 12's PgBouncer (1.18) does not track prepared statements, so the app, told
+DB_POOLER=pgbouncer, prepares none by name (service.database.connections).
+"""
+
+import os
+import pwd
+import shutil
+import signal
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+
+from deploy.native.processes import fail, log, port_open, read_pid, spawn, stop_process, wait_for
+from deploy.native.state import Stack
+from service.config import Settings, load_settings
+
+NAME = "pgbouncer"
+# As root, PgBouncer (which refuses to run as root) drops to this user.
+RUN_AS = "nobody"
+
+
+def directory(stack: Stack) -> Path:
+    """Where its config, auth file and pid file live."""
+    return stack.layout.root / "pgbouncer"
+
+
+def pooled_url(stack: Stack, database_url: str) -> str:
+    """The URL the workers use: PgBouncer's address, the same user, password and database."""
+    url = make_url(database_url)
+    pooled = url.set(host="127.0.0.1", port=stack.settings.pgbouncer_port)
+    return pooled.render_as_string(hide_password=False)
+
+
+def config(stack: Stack, database: URL, settings: Settings) -> tuple[str, str]:
+    """pgbouncer.ini and its auth file (userlist.txt) for `database`."""
+    here = directory(stack)
+    name = database.database or "postgres"
+    user = database.username or "postgres"
+    server = f"host={database.host or '127.0.0.1'} port={database.port or 5432} dbname={name}"
+    if database.password:
+        server += f" password={database.password}"
+        # The workers log in with the URL's password: PgBouncer checks it, then uses its own.
+        auth = "scram-sha-256"
+        userlist = f'"{user}" "{database.password}"\n'
+    else:
+        # No password in the URL: the server trusts this host, and PgBouncer, on 127.0.0.1
+        # only, does the same.
+        auth = "trust"
+        userlist = f'"{user}" ""\n'
+    timeout_ms = int(settings.db_statement_timeout * 1000)
+    ini = f"""\
+; Written by `make up POOLER=pgbouncer` (deploy/native/pgbouncer.py); rewritten on each start.
+[databases]
+; The workers' statement_timeout and jit are startup parameters PgBouncer cannot carry across
+; transactions: every server connection sets them once instead.
+{name} = {server} connect_query='SET statement_timeout = {timeout_ms}; SET jit = off'
+
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = {stack.settings.pgbouncer_port}
+unix_socket_dir =
+auth_type = {auth}
+auth_file = {here / "userlist.txt"}
+pool_mode = transaction
+ignore_startup_parameters = statement_timeout,jit
+max_client_conn = {settings.pgbouncer_max_client_conn}
+default_pool_size = {settings.pgbouncer_pool_size}
+reserve_pool_size = 0
+; Clients wait for a server connection at most this long (the app's pool timeout is its own).
+query_wait_timeout = {max(1, round(settings.db_pool_timeout))}
+server_idle_timeout = 600
+server_reset_query =
+log_connections = 0
+log_disconnections = 0
+stats_users = {user}
+"""
+    return ini, userlist
+
+
+def start(stack: Stack, database_url: str) -> None:
+    """Start PgBouncer in front of `database_url` unless it runs; wait until it accepts."""
+    pidfile = stack.layout.pidfile(NAME)
+    if read_pid(pidfile):
+        log("pgbouncer: already running")
+        return
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    port = stack.settings.pgbouncer_port
+    if port_open(port):
+        fail(f"port {port} is taken by another program; set PGBOUNCER_PORT")
+    here = directory(stack)
+    here.mkdir(parents=True, exist_ok=True)
+    ini, userlist = config(stack, make_url(database_url), load_settings())
+    (here / "pgbouncer.ini").write_text(ini)
+    auth_file = here / "userlist.txt"
+    auth_file.touch(mode=0o600)
+    auth_file.write_text(userlist)
+    argv = [binary, str(here / "pgbouncer.ini")]
+    if os.geteuid() == 0:
+        account = pwd.getpwnam(RUN_AS)
+        for path in (here, here / "pgbouncer.ini", auth_file):
+            os.chown(path, account.pw_uid, account.pw_gid)
+        argv[1:1] = ["-u", RUN_AS]
+    pid = spawn(stack.layout.logs / f"{NAME}.log", argv).pid
+    pidfile.write_text(str(pid))
+    wait_for("PgBouncer", lambda: port_open(port), 15)
+    log(f"pgbouncer: pid {pid}, 127.0.0.1:{port}")
+
+
+def stop(stack: Stack) -> None:
+    """Stop PgBouncer if it runs (SIGINT: safe shutdown, after the clients' transactions)."""
+    pidfile = stack.layout.pidfile(NAME)
+    pid = read_pid(pidfile)
+    if pid:
+        stop_process(NAME, pid, signal.SIGINT, 30)
+        log("pgbouncer: stopped")
+    pidfile.unlink(missing_ok=True)

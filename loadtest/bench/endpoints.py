@@ -7,7 +7,8 @@ the machine's noise hits all of them alike. Printed, with every ratio:
     reads    GET /api/v1/notes/{id}, random ids: bare Starlette + asyncpg, FastAPI + asyncpg,
              the service as deployed (access line at INFO, multiprocess metrics), and the
              service with its access line and request metrics off, and the service through
-             PgBouncer (transaction mode, DB_POOLER=pgbouncer): what the pooler costs
+             PgBouncer (transaction mode, DB_POOLER=pgbouncer) and straight to PostgreSQL with
+             the statement cache off as behind it: what the pooler costs, and why
     writes   POST, and PATCH with a current If-Match: Starlette + asyncpg against the service
     memory   the service worker's resident memory after all of that
     start    seconds from a gunicorn worker's fork to its ready marker
@@ -285,7 +286,14 @@ def main() -> None:
                 18105,
                 {**deployed, "DATABASE_URL": bouncer, "DB_POOLER": "pgbouncer"},
             )
-            readers = [bare, fastapi, service, unobserved, pooled]
+            # DB_POOLER=pgbouncer on a direct connection: what the statement cache saves.
+            uncached = Contender(
+                "service, no statement cache",
+                service_app,
+                18106,
+                {**deployed, "DB_POOLER": "pgbouncer"},
+            )
+            readers = [bare, fastapi, service, unobserved, uncached, pooled]
             processes = {c.label: stack.enter_context(serving(c)) for c in readers}
             reads = compare("read", readers, READ, args)
             creates = compare("create", [bare, service], CREATE, args)
@@ -322,6 +330,11 @@ def main() -> None:
         ("read, service / FastAPI + asyncpg", ratio(reads, fastapi), ">= 0.64"),
         ("read, cost of observability", f"{1 - float(ratio(reads, unobserved)):.0%}", "<= 10%"),
         ("read, cost of PgBouncer", f"{1 - float(ratio(reads, service, pooled)):.0%}", ""),
+        (
+            "read, of which no statement cache",
+            f"{1 - float(ratio(reads, service, uncached)):.0%}",
+            "",
+        ),
         *((f"create req/s, {label}", rate(creates, label), "") for label in creates),
         ("create, service / Starlette + asyncpg", ratio(creates, bare), ">= 0.50"),
         *((f"update req/s, {label}", rate(updates, label), "") for label in updates),

@@ -105,15 +105,12 @@ def _eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
 
 def down(stack: Stack) -> None:
     """Stop Prometheus, nginx, gunicorn and the private cluster; check every port is free."""
-    pooled = stack.saved().get("pooler") == "pgbouncer"
+    state = stack.saved()
     monitoring.stop(stack)
     nginx.stop(stack)
     gunicorn.stop(stack)
     pgbouncer.stop(stack)
-    if (
-        stack.saved().get("private_postgres")
-        or (stack.layout.postgres_dir / "postmaster.pid").exists()
-    ):
+    if state.get("private_postgres") or (stack.layout.postgres_dir / "postmaster.pid").exists():
         postgres.stop_private(stack)
         log("postgres: stopped")
     stack.layout.state_file.unlink(missing_ok=True)
@@ -123,7 +120,7 @@ def down(stack: Stack) -> None:
         settings.ops_port,
         settings.prometheus_port,
         settings.nginx_exporter_port,
-        *([settings.pgbouncer_port] if pooled else []),
+        *([settings.pgbouncer_port] if state.get("pooler") == "pgbouncer" else []),
     )
     busy = [port for port in ports if port_open(port)]
     if busy:

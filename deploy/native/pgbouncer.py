@@ -13,13 +13,17 @@ import os
 import pwd
 import shutil
 import signal
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
 from deploy.native.processes import fail, log, port_open, read_pid, spawn, stop_process, wait_for
 from deploy.native.state import Stack
-from service.config import Settings, load_settings
+from service.config import Settings, StackSettings, load_settings
+from service.runtime.layout import RunLayout
 
 NAME = "pgbouncer"
 # As root, PgBouncer (which refuses to run as root) drops to this user.
@@ -27,7 +31,7 @@ RUN_AS = "nobody"
 
 
 def directory(stack: Stack) -> Path:
-    """Where its config, auth file and pid file live."""
+    """Where its config and auth file live."""
     return stack.layout.root / "pgbouncer"
 
 
@@ -79,7 +83,6 @@ server_idle_timeout = 600
 server_reset_query =
 log_connections = 0
 log_disconnections = 0
-stats_users = {user}
 """
     return ini, userlist
 
@@ -121,3 +124,20 @@ def stop(stack: Stack) -> None:
         stop_process(NAME, pid, signal.SIGINT, 30)
         log("pgbouncer: stopped")
     pidfile.unlink(missing_ok=True)
+
+
+@contextmanager
+def standalone(database_url: str, port: int) -> Iterator[str]:
+    """PgBouncer as `start` runs it, in front of `database_url` on 127.0.0.1:`port`, in a run
+    dir of its own (for the benchmark and the tests); the URL that reaches the database
+    through it."""
+    run_dir = Path(tempfile.mkdtemp(prefix="notes-pgbouncer-"))
+    run_dir.chmod(0o755)  # it runs as an unprivileged user when started as root
+    (run_dir / "logs").mkdir()
+    stack = Stack(RunLayout(run_dir), StackSettings(run_dir=run_dir, pgbouncer_port=port))
+    start(stack, database_url)
+    try:
+        yield pooled_url(stack, database_url)
+    finally:
+        stop(stack)
+        shutil.rmtree(run_dir, ignore_errors=True)

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import os
 import re
-import shutil
 import signal
 import statistics
 import subprocess
@@ -40,8 +39,6 @@ import httpx
 import psutil
 
 from deploy.native import pgbouncer
-from deploy.native.state import Stack
-from service.config import StackSettings
 from service.runtime.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -186,22 +183,6 @@ def versions_file(database: str, first: int, last: int) -> str:
     return file.name
 
 
-@contextmanager
-def pgbouncer_in_front_of(database_url: str) -> Iterator[str]:
-    """PgBouncer (transaction mode, as `make up POOLER=pgbouncer` runs it) in front of
-    `database_url`, in a run dir of its own; the URL that reaches the database through it."""
-    run_dir = Path(tempfile.mkdtemp(prefix="bench-pgbouncer-"))
-    run_dir.chmod(0o755)  # it runs as an unprivileged user when the benchmark is root
-    (run_dir / "logs").mkdir()
-    stack = Stack(RunLayout(run_dir), StackSettings(run_dir=run_dir, pgbouncer_port=18199))
-    pgbouncer.start(stack, database_url)
-    try:
-        yield pgbouncer.pooled_url(stack, database_url)
-    finally:
-        pgbouncer.stop(stack)
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
 def worker_start_seconds(env: dict[str, str], samples: int = 3) -> list[float]:
     """Seconds from TTIN (the master forks at once) to the new worker's ready marker."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-start-"))
@@ -279,7 +260,7 @@ def main() -> None:
         service = Contender("service, as deployed", service_app, 18103, deployed)
         unobserved = Contender("service, no observability", service_app, 18104, quiet)
         with ExitStack() as stack:
-            bouncer = stack.enter_context(pgbouncer_in_front_of(url))
+            bouncer = stack.enter_context(pgbouncer.standalone(url, port=18199))
             pooled = Contender(
                 "service, through PgBouncer",
                 service_app,

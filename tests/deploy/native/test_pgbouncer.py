@@ -13,14 +13,12 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from sqlalchemy.engine import URL
+from sqlalchemy.engine import URL, make_url
 
 from deploy.native import pgbouncer
-from deploy.native.state import Stack as NativeStack
-from service.config import StackSettings, load_settings
+from service.config import load_settings
 from service.database.connections import create_database
 from service.runtime.capacity import budget_for
-from service.runtime.layout import RunLayout
 from tests.postgres import ROOT, asyncpg_dsn, free_port, fresh_database, migrate
 from tests.stack import Load, Stack, notes_by_text, running_stack
 
@@ -30,27 +28,10 @@ SERVER_POOL = 4
 @pytest.fixture
 def bouncer(database_url: URL, monkeypatch: pytest.MonkeyPatch) -> Iterator[URL]:
     """A PgBouncer with 2 server connections in front of the test database; its URL."""
-    run_dir = Path(tempfile.mkdtemp(prefix="notes-pgbouncer-"))
-    run_dir.chmod(0o755)  # PgBouncer runs as an unprivileged user when the tests are root
-    (run_dir / "logs").mkdir()
     monkeypatch.setenv("PGBOUNCER_POOL_SIZE", "2")
-    stack = NativeStack(
-        RunLayout(run_dir), StackSettings(run_dir=run_dir, pgbouncer_port=free_port())
-    )
     url = database_url.render_as_string(hide_password=False)
-    pgbouncer.start(stack, url)
-    try:
-        yield URL.create(
-            "postgresql+asyncpg",
-            username=database_url.username,
-            password=database_url.password,
-            host="127.0.0.1",
-            port=stack.settings.pgbouncer_port,
-            database=database_url.database,
-        )
-    finally:
-        pgbouncer.stop(stack)
-        shutil.rmtree(run_dir, ignore_errors=True)
+    with pgbouncer.standalone(url, port=free_port()) as pooled:
+        yield make_url(pooled)
 
 
 async def concurrent_reads(url: URL, pooler: str) -> list[BaseException]:

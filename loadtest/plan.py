@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 from loadtest.run import load_generator_saturated
 from service.runtime.capacity import (
-    MIGRATION_CONNECTIONS,
     MIN_WORKERS,
-    SPARE_CONNECTIONS,
     ConnectionBudget,
     default_workers,
 )
@@ -195,6 +193,10 @@ class CapacityPlan:
         """The plan, a sentence per line, for the report."""
         budget = self.budget
         hosts = budget.max_workers // self.workers if self.workers else 0
+        beyond = (
+            f"**{budget.max_workers} workers in all**, that is beyond {hosts} such host"
+            f"{'s' if hosts != 1 else ''}"
+        )
         return [
             f"A worker spends **{self.worker_ms:.2f} ms of CPU per request**: one core of "
             f"workers carries **{self.per_core:.0f} req/s**. nginx adds {self.nginx_ms:.2f} ms "
@@ -204,13 +206,12 @@ class CapacityPlan:
             f"**{self.requests_per_second:.0f} req/s** "
             f"({self.cores} cores / {self.worker_ms + self.nginx_ms:.2f} ms), for which "
             f"PostgreSQL needs about {self.database_cores:.1f} cores.",
-            f"Connections: {self.workers} workers x {budget.per_worker} "
-            f"(DB_POOL_SIZE + DB_MAX_OVERFLOW) + {MIGRATION_CONNECTIONS} migration + "
-            f"{SPARE_CONNECTIONS} spare = {budget.needed} of the {budget.available} the "
-            "database allows.",
-            f"A pooler (PgBouncer in transaction mode) becomes necessary beyond "
-            f"**{budget.max_workers} workers in all**, that is beyond {hosts} such host"
-            f"{'s' if hosts != 1 else ''} on this database's max_connections.",
+            f"Connections: {budget.describe()}.",
+            # Behind PgBouncer the workers' pools count against its client limit instead.
+            f"A pooler (PgBouncer in transaction mode) becomes necessary beyond {beyond} on this "
+            "database's max_connections."
+            if budget.limit == "max_connections"
+            else f"{budget.limit} must grow beyond {beyond}.",
         ]
 
 

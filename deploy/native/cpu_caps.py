@@ -15,8 +15,10 @@ with the same prefix moves their processes back beside itself and removes those 
 """
 
 import contextlib
+import errno
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -31,10 +33,17 @@ from service.runtime.cgroups import CpuHierarchy, cpu_hierarchy
 PERIOD_US = 100_000
 # Below this, a cap is mostly scheduling noise (the kernel's minimum quota is 1 ms).
 MIN_CORES = 0.01
+# How long a cgroup that has just been emptied may stay busy: the kernel answers rmdir with
+# EBUSY until an exiting process has left it all the way, which takes a moment on a loaded host.
+RMDIR_PATIENCE_S = 5.0
 
 
 class CpuCapsUnavailableError(RuntimeError):
     """This machine cannot cap a process's CPU here, and the message says why."""
+
+
+class CpuCapsLeftBehindError(RuntimeError):
+    """Every process is uncapped, but the kernel kept one of the lab's (empty) cgroups busy."""
 
 
 class CpuCaps:
@@ -102,21 +111,30 @@ class CpuCaps:
             try:
                 (group / "cgroup.procs").write_text(str(pid))
             except ProcessLookupError:
-                group.rmdir()
+                _rmdir(group)
                 continue
             self._origins[pid] = origin
             newly.append(pid)
         return newly
 
     def release(self) -> None:
-        """Every capped process back into its own cgroup; the lab's cgroups removed."""
+        """Every capped process back into its own cgroup, then the lab's cgroups removed:
+        CpuCapsLeftBehindError if the kernel still holds one busy after RMDIR_PATIENCE_S."""
         for pid, origin in self._origins.items():
             with contextlib.suppress(ProcessLookupError, FileNotFoundError):
                 (origin / "cgroup.procs").write_text(str(pid))
-            self._remove(pid)
         self._origins.clear()
-        with contextlib.suppress(OSError):
-            self.parent.rmdir()
+        try:
+            # Every worker group, also those of workers that exited while it was busy.
+            for group in self.parent.glob("worker-*"):
+                _rmdir(group)
+            _rmdir(self.parent)
+        except OSError as exc:
+            msg = (
+                f"the capped processes are uncapped, but {exc.filename} could not be removed "
+                f"({exc.strerror}); rmdir it once the kernel lets go of it"
+            )
+            raise CpuCapsLeftBehindError(msg) from exc
 
     def write_quota(self, group: Path) -> None:
         """Give `group` this lab's quota, in the format of its cgroup version."""
@@ -130,15 +148,12 @@ class CpuCaps:
     def _group(self, pid: int) -> Path:
         return self.parent / f"worker-{pid}"
 
-    def _remove(self, pid: int) -> None:
-        """Remove `pid`'s cgroup, once empty (a cgroup is removed with rmdir)."""
-        with contextlib.suppress(OSError):  # EBUSY while a process is in it
-            self._group(pid).rmdir()
-
     def _forget_exited(self) -> None:
-        """Drop the processes that have exited, and their cgroups."""
+        """Drop the processes that have exited, and their cgroups where the kernel lets go of
+        them already (`release` removes the others)."""
         for pid in [pid for pid in self._origins if not alive(pid)]:
-            self._remove(pid)
+            with contextlib.suppress(OSError):  # EBUSY while the process is still leaving
+                self._group(pid).rmdir()
             del self._origins[pid]
 
 
@@ -156,9 +171,25 @@ def release_stale(hierarchy: CpuHierarchy, prefix: str) -> list[int]:
                 with contextlib.suppress(ProcessLookupError):
                     (home / "cgroup.procs").write_text(pid)
                     released.append(int(pid))
-            group.rmdir()
-        lab.rmdir()
+            _rmdir(group)
+        _rmdir(lab)
     return released
+
+
+def _rmdir(group: Path) -> None:
+    """Remove an empty cgroup, waiting up to RMDIR_PATIENCE_S while the kernel says EBUSY."""
+    deadline = time.monotonic() + RMDIR_PATIENCE_S
+    while True:
+        try:
+            group.rmdir()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        else:
+            return
 
 
 def _enable_cpu(group: Path) -> None:

@@ -29,6 +29,11 @@ Where the SDK falls short, and what this file does about it:
 Every query reads the metrics of docs/observability.md or the recording rules of
 deploy/prometheus/rules/notes.yml; tests/deploy/grafana/test_dashboard.py runs each of them
 against a real Prometheus scraping a loaded stack and fails on any that returns nothing.
+
+Several app hosts (each a gunicorn master with its own metrics directory) are separate scrape
+targets, so their series differ by `instance`. Totals are summed over it (`sum(...)` without
+`by`); per-worker series split `by (instance, pid)`, since pids repeat across hosts; and a
+count each host reports once (live and configured workers) is taken per host, then summed.
 """
 
 import argparse
@@ -88,10 +93,15 @@ DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 ROUTE = 'route=~"$route"'
 # Grafana's rate window: at least four scrape intervals (the data source's timeInterval, 5s).
 RATE = "$__rate_interval"
-# CPU each worker uses, in cores (1 = one core busy), by pid: its CPU gauge only grows.
-WORKER_CPU = f"sum by (pid) (rate(worker_cpu_seconds[{RATE}]))"
+# A worker is a pid on a host: pids repeat across app hosts (scrape targets, `instance`).
+PER_WORKER = "instance, pid"
+PER_WORKER_LEGEND = "{{instance}} pid {{pid}}"
+# CPU each worker uses, in cores (1 = one core busy), per worker: its CPU gauge only grows.
+WORKER_CPU = f"sum by ({PER_WORKER}) (rate(worker_cpu_seconds[{RATE}]))"
 ALL_WORKERS_CPU = f"sum(rate(worker_cpu_seconds[{RATE}]))"
+# Every request the app answered, every route and host; REQUESTS_BY_HOST adds up to it.
 ALL_REQUESTS = f"sum(rate(http_requests_total[{RATE}]))"
+REQUESTS_BY_HOST = f"sum by (instance) (rate(http_requests_total[{RATE}]))"
 
 # Threshold colours.
 GREEN = "green"
@@ -323,6 +333,18 @@ def traffic() -> Row:
                 stack=True,
             ),
             lines(
+                "Request rate by host",
+                "Requests per second the app answered on each app host (Prometheus's instance "
+                "label: each host's gunicorn is a scrape target of its own), every route "
+                "whatever the Route variable selects. On one machine it shows one line; with "
+                "several app hosts, one line per host, and they add up to the total: the app "
+                "line of nginx request rate vs app, and the top of the stacked request rate "
+                "by route and status with every route selected. A host far above the others "
+                "gets more than its share from the load balancer.",
+                "reqps",
+                [query(REQUESTS_BY_HOST, "{{instance}}")],
+            ),
+            lines(
                 "Error ratio (5xx / all)",
                 "The share of the selected routes' requests answered with a 5xx status (0 "
                 "while nothing fails: there is no 5xx series until the first one). The "
@@ -336,7 +358,6 @@ def traffic() -> Row:
                     ),
                     query("max(job:http_requests_5xx:ratio_rate5m)", "5xx ratio, 5m (alert)"),
                 ],
-                width=6,
                 threshold=0.05,
             ),
             lines(
@@ -346,7 +367,6 @@ def traffic() -> Row:
                 "growing here is slower than its arrival rate.",
                 "short",
                 [query(f"sum by (route) (http_requests_in_progress{{{ROUTE}}})", "{{route}}")],
-                width=6,
             ),
         ],
     )
@@ -392,21 +412,23 @@ def latency() -> Row:
 
 
 def workers() -> Row:
-    # max(): during a reload the old and the new gunicorn master both report their count.
+    # Each host's count, then their sum: max() per host, because during a reload the old
+    # and the new gunicorn master both report theirs.
     def counts() -> list[prometheus.Dataquery]:
         return [
-            query("max(app_workers_live)", "live"),
-            query("max(gunicorn_workers_configured)", "configured"),
+            query("sum(max by (instance) (app_workers_live))", "live"),
+            query("sum(max by (instance) (gunicorn_workers_configured))", "configured"),
         ]
 
+    memory = "worker_resident_memory_bytes"
     return Row(
         "Workers",
         [
             number(
                 "Live / configured workers",
                 "Workers serving now, and the count gunicorn is configured for (make scale "
-                "changes it). Live below configured means workers crash or fail to boot "
-                "(WorkersBelowConfigured alert, after 2m).",
+                "changes it), summed over the app hosts. Live below configured means workers "
+                "crash or fail to boot (WorkersBelowConfigured alert, after 2m).",
                 "short",
                 counts(),
                 steps=thresholds((None, RED), (1, GREEN)),
@@ -414,8 +436,8 @@ def workers() -> Row:
             ),
             lines(
                 "Live vs configured workers",
-                "The two counts over time: a dip in live workers is a crash or a recycle "
-                "(max_requests); both move together on make scale.",
+                "The two counts over time, summed over the app hosts: a dip in live workers "
+                "is a crash or a recycle (max_requests); both move together on make scale.",
                 "short",
                 counts(),
                 width=10,
@@ -423,8 +445,9 @@ def workers() -> Row:
             ),
             rows_table(
                 "Build info",
-                "The version and Python of the running app (app_build_info). Two rows "
-                "during a reload that changes the code: old and new workers both serve.",
+                "The version and Python of the running app (app_build_info), over every app "
+                "host. Two rows during a reload that changes the code (old and new workers "
+                "both serve), or while the hosts run different builds.",
                 [
                     query(
                         "max by (version, python_version) (app_build_info)",
@@ -438,18 +461,18 @@ def workers() -> Row:
             lines(
                 "CPU per worker",
                 "CPU each worker uses, user + system, in cores (1 = one core busy): "
-                "rate() of worker_cpu_seconds, by pid. A worker near 1 is CPU-bound: its "
-                "event loop delays every request it holds.",
+                "rate() of worker_cpu_seconds, by host (instance) and pid. A worker near 1 is "
+                "CPU-bound: its event loop delays every request it holds.",
                 "short",
-                [query(WORKER_CPU, "pid {{pid}}")],
+                [query(WORKER_CPU, PER_WORKER_LEGEND)],
                 axis_label="cores",
             ),
             lines(
                 "Resident memory per worker",
-                "Each worker's resident set size, by pid. Steady growth under steady load is "
-                "a leak; max_requests recycling resets it.",
+                "Each worker's resident set size, by host (instance) and pid. Steady growth "
+                "under steady load is a leak; max_requests recycling resets it.",
                 "bytes",
-                [query("sum by (pid) (worker_resident_memory_bytes)", "pid {{pid}}")],
+                [query(f"sum by ({PER_WORKER}) ({memory})", PER_WORKER_LEGEND)],
             ),
         ],
     )
@@ -457,7 +480,7 @@ def workers() -> Row:
 
 def database_pool() -> Row:
     def per_worker(metric: str, name: str) -> prometheus.Dataquery:
-        return query(f"sum by (pid) ({metric})", f"{name} {{{{pid}}}}")
+        return query(f"sum by ({PER_WORKER}) ({metric})", f"{name} {PER_WORKER_LEGEND}")
 
     wait = f"sum by (le) (rate(db_pool_wait_seconds_bucket[{RATE}]))"
     return Row(
@@ -465,10 +488,10 @@ def database_pool() -> Row:
         [
             lines(
                 "Pool connections per worker",
-                "Each worker's SQLAlchemy pool, by pid: connections its requests hold (in "
-                "use), open and idle, held beyond DB_POOL_SIZE (overflow), and its ceiling "
-                "(max = DB_POOL_SIZE + DB_MAX_OVERFLOW, dashed). In use at max means "
-                "requests queue for a connection.",
+                "Each worker's SQLAlchemy pool, by host (instance) and pid: connections its "
+                "requests hold (in use), open and idle, held beyond DB_POOL_SIZE (overflow), "
+                "and its ceiling (max = DB_POOL_SIZE + DB_MAX_OVERFLOW, dashed). In use at "
+                "max means requests queue for a connection.",
                 "short",
                 [
                     per_worker("db_pool_connections_in_use", "in use"),
@@ -490,8 +513,8 @@ def database_pool() -> Row:
             ),
             lines(
                 "Requests waiting for a connection",
-                "Requests queued for a pooled connection right now, by worker. Anything "
-                "above 0 for long means the pool is too small for the load "
+                "Requests queued for a pooled connection right now, by worker (host and "
+                "pid). Anything above 0 for long means the pool is too small for the load "
                 "(DatabasePoolSaturated, after 5m).",
                 "short",
                 [per_worker("db_pool_waiting_requests", "waiting")],
@@ -576,30 +599,31 @@ def nginx() -> Row:
 
 def scaling_lab() -> Row:
     # Every route, whatever `$route` selects: CPU is spent on all of them.
-    limit = "sum by (pid) (worker_cpu_limit_cores)"
+    limit = f"sum by ({PER_WORKER}) (worker_cpu_limit_cores)"
     return Row(
         "Scaling lab and capacity",
         [
             lines(
                 "CPU limit per worker",
-                "The most CPU each worker may use, in cores, by pid (worker_cpu_limit_cores): "
-                "its cgroup's CPU quota (make sweep CPU_PER_WORKER=0.2 gives 0.2), or the "
-                "CPUs it may run on when it has no quota. Compare it with CPU per worker: "
-                "the next panel divides one by the other.",
+                "The most CPU each worker may use, in cores, by host (instance) and pid "
+                "(worker_cpu_limit_cores): its cgroup's CPU quota (make sweep "
+                "CPU_PER_WORKER=0.2 gives 0.2), or the CPUs it may run on when it has no "
+                "quota. Compare it with CPU per worker: the next panel divides one by the "
+                "other.",
                 "short",
-                [query(limit, "pid {{pid}}")],
+                [query(limit, PER_WORKER_LEGEND)],
                 width=8,
                 axis_label="cores",
             ),
             lines(
                 "Worker CPU against its limit",
-                "Each worker's CPU use over its CPU limit, by pid (rate of "
-                "worker_cpu_seconds / worker_cpu_limit_cores). Near 100% the worker is at its "
-                "ceiling (throttled under a quota): latency grows while throughput stays flat, "
-                "so more workers or cores help. Well below 100% while latency grows, the limit "
-                "is elsewhere (the database pool, PostgreSQL).",
+                "Each worker's CPU use over its CPU limit, by host (instance) and pid (rate "
+                "of worker_cpu_seconds / worker_cpu_limit_cores). Near 100% the worker is at "
+                "its ceiling (throttled under a quota): latency grows while throughput stays "
+                "flat, so more workers or cores help. Well below 100% while latency grows, the "
+                "limit is elsewhere (the database pool, PostgreSQL).",
                 "percentunit",
-                [query(f"{WORKER_CPU} / on (pid) {limit}", "pid {{pid}}")],
+                [query(f"{WORKER_CPU} / on ({PER_WORKER}) {limit}", PER_WORKER_LEGEND)],
                 width=16,
                 threshold=0.9,
             ),

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import httpx
 from ruamel.yaml import YAML
 
+from deploy.grafana.dashboard import ALL_REQUESTS, REQUESTS_BY_HOST
 from loadtest.panels import substitute as substitute_variables
 from service.config import ROOT
 from tests.metrics import instant_query
@@ -46,6 +47,21 @@ SUBSTITUTIONS = {
     "__range_s": "900",
     "__range_ms": "900000",
 }
+
+# The panels with a series per worker: a worker is a pid on an app host, and pids repeat
+# across hosts (each its own scrape target, told apart by `instance`).
+PER_WORKER_PANELS = {
+    "CPU per worker",
+    "Resident memory per worker",
+    "Pool connections per worker",
+    "Requests waiting for a connection",
+    "CPU limit per worker",
+    "Worker CPU against its limit",
+}
+# A PromQL label list: `by (...)`, `without (...)`, `on (...)`, `ignoring (...)`.
+GROUPING = re.compile(r"\b(by|without|on|ignoring)\s*\(([^)]*)\)")
+# max/min/avg without a label list, and the first name they read.
+UNGROUPED_EXTREME = re.compile(r"\b(max|min|avg)\s*\(\s*([A-Za-z_:][\w:]*)")
 
 
 def yaml_file(path: Path) -> dict[str, Any]:
@@ -218,6 +234,7 @@ def test_required_views_are_on_the_dashboard() -> None:
     """The metrics each view is about, and the units that make its axis readable."""
     expected = {
         "Request rate by route and status": ("http_requests_total", "reqps"),
+        "Request rate by host": ("sum by (instance) (rate(http_requests_total", "reqps"),
         "Error ratio (5xx / all)": ('status=~"5.."', "percentunit"),
         "Latency p50 / p95 / p99 by route": ("http_request_duration_seconds_bucket", "s"),
         "Requests in progress": ("http_requests_in_progress", "short"),
@@ -233,7 +250,7 @@ def test_required_views_are_on_the_dashboard() -> None:
         "nginx connections": ("nginx_connections_writing", "short"),
         "nginx request rate vs app": ("nginx_http_requests_total", "reqps"),
         "CPU limit per worker": ("worker_cpu_limit_cores", "short"),
-        "Worker CPU against its limit": ("/ on (pid)", "percentunit"),
+        "Worker CPU against its limit": ("/ on (instance, pid)", "percentunit"),
         "Worker CPU per request": ("1000 * sum(rate(worker_cpu_seconds", "ms"),
         "Requests per core of workers": ("/ sum(rate(worker_cpu_seconds", "reqps"),
     }
@@ -248,10 +265,64 @@ def test_required_views_are_on_the_dashboard() -> None:
     for quantile in ("0.5", "0.95", "0.99"):
         assert any(e.startswith(f"histogram_quantile({quantile},") for e in latency), quantile
     assert all('route=~"$route"' in e and "by (le, route)" in e for e in latency)
-    # Each worker's CPU use over its own limit: the same pid on both sides.
+    # Each worker's CPU use over its own limit: the same host and pid on both sides.
     [against] = found["Worker CPU against its limit"]["targets"]
-    assert "by (pid) (rate(worker_cpu_seconds" in against["expr"], against["expr"]
-    assert "/ on (pid) sum by (pid) (worker_cpu_limit_cores)" in against["expr"], against["expr"]
+    assert "by (instance, pid) (rate(worker_cpu_seconds" in against["expr"], against["expr"]
+    assert (
+        "/ on (instance, pid) sum by (instance, pid) (worker_cpu_limit_cores)" in against["expr"]
+    ), against["expr"]
+    # One line per app host, every route (the total it adds up to has no route filter either).
+    [by_host] = found["Request rate by host"]["targets"]
+    assert by_host["expr"] == REQUESTS_BY_HOST
+    assert by_host["legendFormat"] == "{{instance}}"
+    description = found["Request rate by host"]["description"]
+    for words in ("On one machine it shows one line", "one line per host", "add up to the total"):
+        assert words in description, description
+
+
+def test_host_lines_add_up_to_the_total() -> None:
+    """REQUESTS_BY_HOST is ALL_REQUESTS split by instance: the same rate, summed per host."""
+    assert REQUESTS_BY_HOST == "sum by (instance) (rate(http_requests_total[$__rate_interval]))"
+    assert REQUESTS_BY_HOST.replace("sum by (instance) (", "sum(") == ALL_REQUESTS
+    assert ALL_REQUESTS in [expr for _, _, expr in queries()], "no panel shows the total"
+
+
+def test_per_worker_queries_split_by_host_and_pid() -> None:
+    found = {panel["title"]: panel for panel in panels()}
+    for title in sorted(PER_WORKER_PANELS):
+        for target in found[title]["targets"]:
+            assert "by (instance, pid)" in target["expr"], f"{title}: {target['expr']}"
+            assert "{{instance}}" in target["legendFormat"], f"{title}: {target['legendFormat']}"
+            assert "{{pid}}" in target["legendFormat"], f"{title}: {target['legendFormat']}"
+
+    # Nowhere a pid without its host: in a label list, or in a legend.
+    for panel in panels():
+        for target in panel["targets"]:
+            where = f"{panel['title']} {target['refId']}"
+            for _, labels in GROUPING.findall(target["expr"]):
+                names = {name.strip() for name in labels.split(",")}
+                assert "pid" not in names or "instance" in names, f"{where}: {target['expr']}"
+            legend = target.get("legendFormat", "")
+            assert "{{pid}}" not in legend or "{{instance}}" in legend, f"{where}: {legend}"
+
+
+def test_totals_are_summed_over_hosts() -> None:
+    """With several app hosts a total is a sum over `instance`: no max/min/avg across hosts
+    stands in for one, but over recording rules (already summed by job) or a health check."""
+    found = {panel["title"]: panel for panel in panels()}
+    for title in ("Live / configured workers", "Live vs configured workers"):
+        exprs = [target["expr"] for target in found[title]["targets"]]
+        # max() within a host (old and new master during a reload), then the hosts' sum.
+        assert exprs == [
+            "sum(max by (instance) (app_workers_live))",
+            "sum(max by (instance) (gunicorn_workers_configured))",
+        ], title
+
+    # A health check rather than a total: any host's nginx down shows DOWN.
+    allowed_names = {"nginx_up"}
+    for title, ref_id, expr in queries():
+        for _, name in UNGROUPED_EXTREME.findall(expr):
+            assert ":" in name or name in allowed_names, f"{title} {ref_id}: {expr}"
 
 
 # --- provisioning ------------------------------------------------------------------------------
@@ -345,3 +416,8 @@ async def test_every_panel_query_returns_data_from_the_stacks_prometheus(stack: 
     assert len(queries()) >= 20
     missing = await load_until_every_query_answers(stack)
     assert not missing, "queries with no data:\n" + "\n".join(missing)
+
+    # One machine, one app host: the by-host panel draws a single line, named by its target.
+    async with httpx.AsyncClient(timeout=30) as client:
+        by_host = await instant_query(client, stack.prometheus_url, substitute(REQUESTS_BY_HOST))
+    assert [set(sample["metric"]) for sample in by_host] == [{"instance"}], by_host

@@ -283,6 +283,24 @@ class StackSettings(RunDirSettings):
         ge=1,
         le=65535,
     )
+    listen_address: str = setting(
+        "127.0.0.1",
+        "the address nginx's public server and PgBouncer listen on: this host's own address "
+        "when other hosts connect to it (the ops server and Prometheus stay on 127.0.0.1)",
+        per_deployment=False,
+    )
+    app_upstream: str | None = setting(
+        None,
+        "nginx's upstream: unset, the local gunicorn's socket; `HOST:PORT` for app hosts "
+        "elsewhere, a name that resolves to every app host (as Compose's `app` does)",
+        per_deployment=False,
+    )
+    metrics_targets: str | None = setting(
+        None,
+        "what Prometheus scrapes for the app's metrics: unset, the ops server; with app hosts "
+        "elsewhere, each host's `HOST:PORT` (space-separated), so that each has its own series",
+        per_deployment=False,
+    )
 
 
 class ComposeSettings(_FromEnvironment):

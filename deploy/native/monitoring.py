@@ -60,8 +60,10 @@ def start_prometheus(stack: Stack) -> None:
         link.unlink(missing_ok=True)
         link.symlink_to(PROMETHEUS_CONFIG / name)
     settings = stack.settings
+    # One target per app host when they are elsewhere, so that each has series of its own.
+    app_targets = (settings.metrics_targets or "").split() or [f"127.0.0.1:{settings.ops_port}"]
     targets = {
-        "notes": ([f"127.0.0.1:{settings.ops_port}"], {"service": "notes"}),
+        "notes": (app_targets, {"service": "notes"}),
         "nginx": ([f"127.0.0.1:{settings.nginx_exporter_port}"], {}),
         "prometheus": ([f"127.0.0.1:{settings.prometheus_port}"], {}),
     }

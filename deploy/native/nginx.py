@@ -20,11 +20,11 @@ def values(stack: Stack) -> dict[str, str]:
         "NGINX_RUN_DIR": str(layout.nginx_dir),
         "NGINX_ACCESS_LOG": str(layout.nginx_access_log),
         "NGINX_ERROR_LOG": str(layout.nginx_error_log),
-        "LISTEN_ADDRESS": "127.0.0.1",
+        "LISTEN_ADDRESS": stack.settings.listen_address,
         "OPS_LISTEN_ADDRESS": "127.0.0.1",
         "HTTP_PORT": str(stack.settings.http_port),
         "OPS_PORT": str(stack.settings.ops_port),
-        "APP_UPSTREAM": f"unix:{layout.gunicorn_socket}",
+        "APP_UPSTREAM": stack.settings.app_upstream or f"unix:{layout.gunicorn_socket}",
     }
 
 

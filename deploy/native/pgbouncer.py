@@ -1,9 +1,10 @@
 """PgBouncer in transaction mode between the workers and PostgreSQL (`make up POOLER=pgbouncer`).
 
-The workers connect to PgBouncer on 127.0.0.1:PGBOUNCER_PORT with the database URL's own user
-and password; PgBouncer keeps at most PGBOUNCER_POOL_SIZE connections to PostgreSQL, however
-many workers and hosts ask. Migrations bypass it: their advisory lock belongs to a session,
-which a transaction pooler hands to someone else after each transaction.
+The workers connect to PgBouncer on LISTEN_ADDRESS:PGBOUNCER_PORT (127.0.0.1, unless app hosts
+elsewhere use it) with the database URL's own user and password; PgBouncer keeps at most
+PGBOUNCER_POOL_SIZE connections to PostgreSQL, however many workers and hosts ask. Migrations
+bypass it: their advisory lock belongs to a session, which a transaction pooler hands to someone
+else after each transaction.
 
 Debian 12's PgBouncer (1.18) does not track prepared statements, so the app, told
 DB_POOLER=pgbouncer, prepares none by name (service.database.connections).
@@ -38,7 +39,7 @@ def directory(stack: Stack) -> Path:
 def pooled_url(stack: Stack, database_url: str) -> str:
     """The URL the workers use: PgBouncer's address, the same user, password and database."""
     url = make_url(database_url)
-    pooled = url.set(host="127.0.0.1", port=stack.settings.pgbouncer_port)
+    pooled = url.set(host=stack.settings.listen_address, port=stack.settings.pgbouncer_port)
     return pooled.render_as_string(hide_password=False)
 
 
@@ -54,8 +55,8 @@ def config(stack: Stack, database: URL, settings: Settings) -> tuple[str, str]:
         auth = "scram-sha-256"
         userlist = f'"{user}" "{database.password}"\n'
     else:
-        # No password in the URL: the server trusts this host, and PgBouncer, on 127.0.0.1
-        # only, does the same.
+        # No password in the URL: the server trusts this host, and PgBouncer does the same for
+        # whoever reaches LISTEN_ADDRESS; on anything but 127.0.0.1, give the URL a password.
         auth = "trust"
         userlist = f'"{user}" ""\n'
     timeout_ms = int(settings.db_statement_timeout * 1000)
@@ -67,7 +68,7 @@ def config(stack: Stack, database: URL, settings: Settings) -> tuple[str, str]:
 {name} = {server} connect_query='SET statement_timeout = {timeout_ms}; SET jit = off'
 
 [pgbouncer]
-listen_addr = 127.0.0.1
+listen_addr = {stack.settings.listen_address}
 listen_port = {stack.settings.pgbouncer_port}
 unix_socket_dir =
 auth_type = {auth}
@@ -94,8 +95,8 @@ def start(stack: Stack, database_url: str) -> None:
         log("pgbouncer: already running")
         return
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
-    port = stack.settings.pgbouncer_port
-    if port_open(port):
+    host, port = stack.settings.listen_address, stack.settings.pgbouncer_port
+    if port_open(port, host):
         fail(f"port {port} is taken by another program; set PGBOUNCER_PORT")
     here = directory(stack)
     here.mkdir(parents=True, exist_ok=True)
@@ -112,8 +113,8 @@ def start(stack: Stack, database_url: str) -> None:
         argv[1:1] = ["-u", RUN_AS]
     pid = spawn(stack.layout.logs / f"{NAME}.log", argv).pid
     pidfile.write_text(str(pid))
-    wait_for("PgBouncer", lambda: port_open(port), 15)
-    log(f"pgbouncer: pid {pid}, 127.0.0.1:{port}")
+    wait_for("PgBouncer", lambda: port_open(port, host), 15)
+    log(f"pgbouncer: pid {pid}, {host}:{port}")
 
 
 def stop(stack: Stack) -> None:

@@ -20,12 +20,13 @@ def ensure_database(stack: Stack) -> dict[str, str]:
     run_helper("install-deps", "postgres")
     start_private(stack)
     port = stack.settings.postgres_port
-    asyncio.run(_create_database(f"postgresql://postgres@127.0.0.1:{port}/postgres", "notes"))
+    asyncio.run(create_database(f"postgresql://postgres@127.0.0.1:{port}/postgres", "notes"))
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/notes"
     return {"database_url": url, "private_postgres": "1"}
 
 
-async def _create_database(admin_dsn: str, name: str) -> None:
+async def create_database(admin_dsn: str, name: str) -> None:
+    """Create database `name` on the server `admin_dsn` reaches, unless it exists."""
     connection = await asyncpg.connect(admin_dsn)
     try:
         if not await connection.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):

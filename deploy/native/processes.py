@@ -65,11 +65,11 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
         time.sleep(interval)
 
 
-def port_open(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:`port`."""
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on `host`:`port`."""
     with socket.socket() as sock:
         sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 def http_status(url: str, timeout: float = 2.0) -> int | None:

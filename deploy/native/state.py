@@ -24,7 +24,7 @@ class Stack:
     @property
     def public_url(self) -> str:
         """nginx's public server."""
-        return f"http://127.0.0.1:{self.settings.http_port}"
+        return f"http://{self.settings.listen_address}:{self.settings.http_port}"
 
     @property
     def ops_url(self) -> str:

@@ -1,0 +1,261 @@
+"""Past one machine, for real: a database host (PostgreSQL, PgBouncer), two app hosts (each a
+gunicorn master and its workers) and a proxy host (nginx, Prometheus), each in a network
+namespace of its own (tests/multihost.py). Every request goes through the proxy's address."""
+
+import asyncio
+import json
+import subprocess
+import time
+import urllib.parse
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import psutil
+import pytest
+from sqlalchemy.engine import make_url
+
+from deploy.grafana.dashboard import ALL_REQUESTS, REQUESTS_BY_HOST
+from deploy.native import gunicorn
+from deploy.native.processes import alive, read_pid
+from deploy.native.state import Stack
+from service.config import StackSettings, load_settings
+from service.runtime.layout import RunLayout
+from tests.metrics import parse, value
+from tests.multihost import (
+    APP_PORT,
+    SERVER_POOL,
+    WORKERS_PER_HOST,
+    Host,
+    Topology,
+    network_available,
+    topology,
+)
+from tests.postgres import ROOT, asyncpg_dsn
+from tests.stack import background_load, read_json_lines
+
+READ_ROUTE = "/api/v1/notes/{note_id}"
+
+
+@pytest.fixture(scope="module")
+def multihost_stack() -> Iterator[Topology]:
+    """The four hosts, up; removed after the module's tests."""
+    deps = ROOT / "deploy" / "native" / "install-deps"
+    subprocess.run([deps, "netns", "postgres", "pgbouncer", "nginx", "prometheus"], check=True)
+    reason = network_available()
+    if reason:
+        pytest.skip(reason)
+    with topology() as net:
+        yield net
+
+
+def runner_stack(host: Host) -> Stack:
+    """The native runner's view of a host's run directory (to reload it as `make` does)."""
+    return Stack(RunLayout(host.run_dir), StackSettings(run_dir=host.run_dir))
+
+
+def reads_served(net: Topology) -> dict[str, float]:
+    """GETs of one note each app host has answered, from its own /metrics (all its workers)."""
+    served = {}
+    for app in net.apps:
+        text = httpx.get(f"http://{app.address}:{APP_PORT}/metrics", timeout=10).text
+        served[app.address] = value(
+            parse(text), "http_requests_total", method="GET", route=READ_ROUTE
+        )
+    return served
+
+
+async def read_many(net: Topology, note_id: int, total: int) -> tuple[Counter[int | str], set[str]]:
+    """`total` GETs of one note through the proxy, 20 at a time: each outcome, and the ids."""
+    outcomes: Counter[int | str] = Counter()
+    request_ids: set[str] = set()
+    queue = iter(range(total))
+    async with httpx.AsyncClient(base_url=net.url, timeout=30) as client:
+
+        async def reader() -> None:
+            for _ in queue:
+                request_id = uuid.uuid4().hex
+                request_ids.add(request_id)
+                try:
+                    response = await client.get(
+                        f"/api/v1/notes/{note_id}", headers={"X-Request-ID": request_id}
+                    )
+                    outcomes[response.status_code] += 1
+                except httpx.HTTPError as exc:
+                    outcomes[type(exc).__name__] += 1
+
+        await asyncio.gather(*(reader() for _ in range(20)))
+    return outcomes, request_ids
+
+
+async def a_note(net: Topology) -> int:
+    async with httpx.AsyncClient(base_url=net.url, timeout=30) as client:
+        response = await client.post("/api/v1/notes", json={"text": "multihost"})
+    assert response.status_code == 201, response.text
+    note_id: int = response.json()["id"]
+    return note_id
+
+
+async def database_fetch(net: Topology, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Rows from PostgreSQL through PgBouncer (prepared statements stay unnamed there)."""
+    dsn = asyncpg_dsn(make_url(net.pooled_url))
+    connection = await asyncpg.connect(dsn, statement_cache_size=0)
+    try:
+        return list(await connection.fetch(query, *args))
+    finally:
+        await connection.close()
+
+
+def nginx_workers(net: Topology) -> set[int]:
+    """The proxy's nginx worker pids: a reload of nginx would replace them."""
+    master = read_pid(net.proxy.run_dir / "nginx" / "nginx.pid")
+    assert master is not None
+    return {child.pid for child in psutil.Process(master).children()}
+
+
+def prometheus_vector(net: Topology, expr: str, at: float) -> dict[str, float]:
+    """An instant query's result by `instance` (or "" when the series has none)."""
+    query = urllib.parse.urlencode({"query": expr, "time": f"{at:.3f}"})
+    body = json.loads(net.prometheus(f"/api/v1/query?{query}"))
+    assert body["status"] == "success", body
+    return {
+        sample["metric"].get("instance", ""): float(sample["value"][1])
+        for sample in body["data"]["result"]
+    }
+
+
+async def scraped(net: Topology, served: dict[str, float]) -> None:
+    """Wait until Prometheus has scraped each host's `served` count of reads."""
+    expr = f'sum by (instance) (http_requests_total{{method="GET", route="{READ_ROUTE}"}})'
+    wanted = {f"{host}:{APP_PORT}": count for host, count in served.items()}
+    deadline = time.monotonic() + 30
+    while (seen := prometheus_vector(net, expr, time.time())) != wanted:
+        assert time.monotonic() < deadline, (seen, wanted)
+        await asyncio.sleep(1)
+
+
+async def test_load_spreads_over_both_hosts_and_their_counts_add_up(
+    multihost_stack: Topology,
+) -> None:
+    net = multihost_stack
+    note_id = await a_note(net)
+    await read_many(net, note_id, 40)
+    # Prometheus has the hosts' series before the load, so its rates see all of the load.
+    await scraped(net, reads_served(net))
+    before = reads_served(net)
+    outcomes, request_ids = await read_many(net, note_id, 600)
+    after = reads_served(net)
+
+    assert outcomes == {200: 600}
+    served = {host: after[host] - before[host] for host in after}
+    assert sum(served.values()) == 600, served
+    assert all(count >= 600 * 0.3 for count in served.values()), served
+    # The proxy's access log names the host of each request, and agrees with the hosts.
+    await asyncio.sleep(0.5)  # the last access lines
+    lines = read_json_lines(net.proxy.run_dir / "logs" / "nginx-access.log")
+    upstreams = Counter(line["upstream"] for line in lines if line["request_id"] in request_ids)
+    assert upstreams == {f"{host}:{APP_PORT}": count for host, count in served.items()}
+
+    # Prometheus scrapes each host: the dashboard's by-host lines add up to its total.
+    await scraped(net, after)
+    at = time.time()
+    hosts = {f"{app.address}:{APP_PORT}" for app in net.apps}
+    by_host = prometheus_vector(net, REQUESTS_BY_HOST.replace("$__rate_interval", "1m"), at)
+    total = prometheus_vector(net, ALL_REQUESTS.replace("$__rate_interval", "1m"), at)
+    assert set(by_host) == hosts
+    assert all(rate > 0 for rate in by_host.values()), by_host
+    assert sum(by_host.values()) == pytest.approx(total[""]), (by_host, total)
+
+
+async def test_a_whole_app_host_killed_under_load_loses_nothing_and_comes_back(
+    multihost_stack: Topology,
+) -> None:
+    """GETs the dead host took are retried by nginx on the other; POSTs it took are retried
+    by the clients with their Idempotency-Key; every note meant exists exactly once. The host
+    started again takes traffic without the proxy being reloaded."""
+    net = multihost_stack
+    victim, survivor = net.apps
+    proxy_workers = nginx_workers(net)
+    async with background_load(net.url, concurrency=20) as load:
+        await asyncio.sleep(1)
+        killed = net.kill(victim)
+        await asyncio.sleep(4)  # load on the survivor alone
+    assert len(killed) == 1 + WORKERS_PER_HOST
+    assert not any(alive(pid) for pid in killed)
+
+    errors = (net.proxy.run_dir / "logs" / "nginx-error.log").read_text()[-3000:]
+    assert not load.result.unexpected(), (load.result.counts(), errors)
+    intended = load.result.intended
+    assert len(intended) > 20
+    rows = await database_fetch(
+        net,
+        "SELECT text, count(*) AS n FROM notes WHERE text = ANY($1) GROUP BY text",
+        list(intended.values()),
+    )
+    created = {row["text"]: row["n"] for row in rows}
+    assert set(created) == set(intended.values())
+    assert set(created.values()) == {1}
+
+    # Back: a fresh master on the same address, and nginx sends it requests again by itself.
+    net.start_app(victim)
+    note_id = await a_note(net)
+    before = reads_served(net)
+    outcomes, _ = await read_many(net, note_id, 200)
+    after = reads_served(net)
+    assert outcomes == {200: 200}
+    assert after[victim.address] - before[victim.address] >= 200 * 0.3, (before, after)
+    assert after[survivor.address] - before[survivor.address] >= 200 * 0.3, (before, after)
+    assert nginx_workers(net) == proxy_workers  # not reloaded
+
+
+async def test_a_rolling_reload_host_by_host_drops_nothing(multihost_stack: Topology) -> None:
+    net = multihost_stack
+    masters = {app.address: net.master(app) for app in net.apps}
+    async with background_load(net.url, concurrency=20) as load:
+        for app in net.apps:
+            await asyncio.to_thread(gunicorn.reload, runner_stack(app))
+    assert load.result.outcomes, "no load ran"
+    assert not load.result.unexpected(), load.result.counts()
+    assert not load.result.retries, load.result.retries
+    for app in net.apps:
+        assert net.master(app) not in {None, masters[app.address]}
+        assert len(psutil.Process(net.master(app)).children()) == WORKERS_PER_HOST
+
+
+async def test_postgres_sees_at_most_pgbouncers_server_pool(multihost_stack: Topology) -> None:
+    """The app hosts' pools together ask for more connections than the server pool holds;
+    PostgreSQL never sees more than the pool, however hard the hosts are driven."""
+    net = multihost_stack
+    settings = load_settings()
+    asked = len(net.apps) * WORKERS_PER_HOST * (settings.db_pool_size + settings.db_max_overflow)
+    assert asked > SERVER_POOL
+    count = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = 'notes' AND backend_type = 'client backend'"
+    )
+    samples = []
+    async with background_load(net.url, concurrency=40) as load:
+        for _ in range(30):
+            samples.append((await database_fetch(net, count))[0][0])
+            await asyncio.sleep(0.1)
+    assert not load.result.unexpected(), load.result.counts()
+    assert max(samples) <= SERVER_POOL, samples
+    assert max(samples) >= 2, samples  # the load did reach the database through the pool
+
+
+def test_the_proxy_runs_the_repos_nginx_conf_with_both_hosts_upstream(
+    multihost_stack: Topology,
+) -> None:
+    rendered = (multihost_stack.proxy.run_dir / "nginx" / "nginx.conf").read_text()
+    template = (ROOT / "nginx.conf").read_text()
+    assert rendered.count("server notes-app:8000 max_fails=0;") == template.count(
+        "server ${APP_UPSTREAM} max_fails=0;"
+    )
+    assert f"listen {multihost_stack.proxy.address}:" in rendered
+    assert Path("/etc/netns", multihost_stack.proxy.netns, "hosts").read_text().count(
+        "notes-app"
+    ) == len(multihost_stack.apps)

@@ -1,0 +1,297 @@
+"""Several hosts on one machine: network namespaces on a bridge, each running its part of the
+stack as real processes, started by the native runner's own code inside the namespace.
+
+    db     10.213.0.10  PostgreSQL on its own 127.0.0.1, PgBouncer on 10.213.0.10:6432
+    app-1  10.213.0.11  a gunicorn master and its workers on :8000, its own metrics directory
+    app-2  10.213.0.12  the same
+    proxy  10.213.0.40  nginx (public :8080) with `notes-app:8000` as its upstream, a name that
+                        resolves to both app hosts there; Prometheus scraping each app host
+
+The test process stays in the machine's own namespace, on the bridge (10.213.0.1), like a
+client of the proxy. Everything is made by `topology()` and removed after, processes included.
+As `python -m tests.multihost ROLE`, this module is what runs inside a host to start its part.
+"""
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from deploy.native import gunicorn, monitoring, nginx, pgbouncer, postgres
+from deploy.native.processes import read_pid, run_helper
+from deploy.native.state import Stack
+from service.config import StackSettings
+from service.runtime.layout import RunLayout
+
+ROOT = Path(__file__).resolve().parent.parent
+SUBNET = "10.213.0"
+BRIDGE = "notes-mh0"
+PREFIX = "notes-mh-"
+APP_NAME = "notes-app"  # what the proxy's nginx resolves to every app host
+APP_PORT = 8000
+HTTP_PORT = 8080
+PGBOUNCER_PORT = 6432
+PROMETHEUS_PORT = 9090
+# Small on purpose: the hosts' pools together (2 hosts x 2 workers x pool) ask for more.
+SERVER_POOL = 6
+WORKERS_PER_HOST = 2
+# PostgreSQL trusts 127.0.0.1 on the db host; the password is PgBouncer's, for the app hosts.
+PASSWORD = "multihost-secret"  # noqa: S105 (a throwaway test cluster's)
+
+
+@dataclass(frozen=True)
+class Host:
+    """One network namespace with an address on the bridge, and a run directory."""
+
+    role: str
+    address: str
+    run_dir: Path
+
+    @property
+    def netns(self) -> str:
+        return f"{PREFIX}{self.role}"
+
+    def argv(self, *argv: str) -> list[str]:
+        """`argv`, run inside this host's network namespace."""
+        return ["ip", "netns", "exec", self.netns, *argv]
+
+    def run(self, *argv: str, env: dict[str, str] | None = None) -> str:
+        """Run a command inside the host; its output, or AssertionError with it."""
+        result = subprocess.run(
+            self.argv(*argv), env=env, cwd=ROOT, capture_output=True, text=True, check=False
+        )
+        assert result.returncode == 0, f"{self.role}: {argv}\n{result.stdout}{result.stderr}"
+        return result.stdout
+
+    def start(self, env: dict[str, str]) -> str:
+        """Start this host's part of the stack (`python -m tests.multihost ROLE` inside it)."""
+        role = self.role.rstrip("-0123456789")
+        return self.run(sys.executable, "-m", "tests.multihost", role, env=env)
+
+    def fetch(self, url: str) -> str:
+        """GET `url` from inside the host (for what listens on its own 127.0.0.1)."""
+        code = (
+            "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())"
+        )
+        return self.run(sys.executable, "-c", code, url)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """The hosts, and how to reach and control what runs on them."""
+
+    db: Host
+    apps: tuple[Host, ...]
+    proxy: Host
+
+    @property
+    def url(self) -> str:
+        """The proxy's public server: where clients send their requests."""
+        return f"http://{self.proxy.address}:{HTTP_PORT}"
+
+    @property
+    def pooled_url(self) -> str:
+        """The database through PgBouncer on the db host (what the app hosts use)."""
+        return f"postgresql+asyncpg://postgres:{PASSWORD}@{self.db.address}:{PGBOUNCER_PORT}/notes"
+
+    def app_env(self, host: Host) -> dict[str, str]:
+        """An app host's environment: gunicorn on its address, the database through PgBouncer,
+        the proxy's X-Forwarded-For trusted."""
+        return {
+            **os.environ,
+            "RUN_DIR": str(host.run_dir),
+            "GUNICORN_BIND": f"{host.address}:{APP_PORT}",
+            "FORWARDED_ALLOW_IPS": self.proxy.address,
+            "WEB_CONCURRENCY": str(WORKERS_PER_HOST),
+            "DATABASE_URL": self.pooled_url,
+            "DB_POOLER": "pgbouncer",
+            "APP_HOSTS": str(len(self.apps)),
+            "PGBOUNCER_POOL_SIZE": str(SERVER_POOL),
+        }
+
+    def start_app(self, host: Host) -> None:
+        """Start (or start again) an app host's gunicorn; returns once its workers are ready."""
+        host.start(self.app_env(host))
+
+    def master(self, host: Host) -> int | None:
+        """The pid of an app host's serving gunicorn master."""
+        return read_pid(host.run_dir / "gunicorn.pid")
+
+    def kill(self, host: Host) -> list[int]:
+        """SIGKILL a whole app host: its master and every worker, at once; the pids killed."""
+        master = self.master(host)
+        assert master is not None, f"{host.role} runs no gunicorn"
+        pids = [master, *(child.pid for child in psutil.Process(master).children())]
+        os.killpg(master, signal.SIGKILL)  # the runner starts it in a session of its own
+        psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], 10)
+        return pids
+
+    def prometheus(self, path: str) -> str:
+        """GET a Prometheus API path (it listens on the proxy's own 127.0.0.1)."""
+        return self.proxy.fetch(f"http://127.0.0.1:{PROMETHEUS_PORT}{path}")
+
+
+def _ip(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *argv], check=check, capture_output=True, text=True)
+
+
+def _kill_processes_in(netns: str) -> None:
+    for pid in _ip("netns", "pids", netns, check=False).stdout.split():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def remove_network() -> None:
+    """Remove every namespace of this module (after killing what runs in it) and the bridge."""
+    for line in _ip("netns", "list").stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if name.startswith(PREFIX):
+            _kill_processes_in(name)
+            _ip("netns", "delete", name, check=False)
+            shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
+    _ip("link", "delete", BRIDGE, check=False)
+
+
+def _make_network(hosts: list[Host]) -> None:
+    _ip("link", "add", BRIDGE, "type", "bridge")
+    _ip("addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE)
+    _ip("link", "set", BRIDGE, "up")
+    for host in hosts:
+        outside = f"nmh-{host.role}"
+        _ip("netns", "add", host.netns)
+        _ip("link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
+        _ip("link", "set", outside, "master", BRIDGE, "up")
+        _ip("-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
+        _ip("-n", host.netns, "link", "set", "eth0", "up")
+        _ip("-n", host.netns, "link", "set", "lo", "up")
+
+
+def network_available() -> str | None:
+    """Why this machine cannot make the topology, or None if it can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "no `ip` command (iproute2)"
+    probe = f"{PREFIX}probe"
+    result = _ip("netns", "add", probe, check=False)
+    if result.returncode != 0:
+        return f"`ip netns add` is not allowed here: {result.stderr.strip()}"
+    _ip("netns", "delete", probe, check=False)
+    return None
+
+
+@contextlib.contextmanager
+def topology() -> Iterator[Topology]:
+    """The four hosts, each running its part; everything stopped and removed after."""
+    remove_network()  # what a killed test run left behind
+    root = Path(tempfile.mkdtemp(prefix="notes-multihost-"))
+    root.chmod(0o755)  # PostgreSQL and PgBouncer run as unprivileged users
+    apps = tuple(Host(f"app-{n}", f"{SUBNET}.1{n}", root / f"app-{n}") for n in (1, 2))
+    net = Topology(
+        db=Host("db", f"{SUBNET}.10", root / "db"),
+        apps=apps,
+        proxy=Host("proxy", f"{SUBNET}.40", root / "proxy"),
+    )
+    hosts = [net.db, *apps, net.proxy]
+    try:
+        _make_network(hosts)
+        # The proxy resolves one name to every app host (`ip netns exec` mounts this file over
+        # /etc/hosts), as Compose's DNS does for a scaled service.
+        etc = Path("/etc/netns") / net.proxy.netns
+        etc.mkdir(parents=True, exist_ok=True)
+        names = "".join(f"{app.address} {APP_NAME}\n" for app in apps)
+        (etc / "hosts").write_text(f"127.0.0.1 localhost\n{names}")
+        for host in hosts:
+            (host.run_dir / "logs").mkdir(parents=True)
+            host.run_dir.chmod(0o755)
+        net.db.start(
+            {
+                **os.environ,
+                "RUN_DIR": str(net.db.run_dir),
+                "LISTEN_ADDRESS": net.db.address,
+                "PGBOUNCER_PORT": str(PGBOUNCER_PORT),
+                "PGBOUNCER_POOL_SIZE": str(SERVER_POOL),
+            }
+        )
+        for app in apps:
+            net.start_app(app)
+        net.proxy.start(
+            {
+                **os.environ,
+                "RUN_DIR": str(net.proxy.run_dir),
+                "LISTEN_ADDRESS": net.proxy.address,
+                "APP_UPSTREAM": f"{APP_NAME}:{APP_PORT}",
+                "METRICS_TARGETS": " ".join(f"{app.address}:{APP_PORT}" for app in apps),
+                "HTTP_PORT": str(HTTP_PORT),
+                "PROMETHEUS_PORT": str(PROMETHEUS_PORT),
+            }
+        )
+        yield net
+    finally:
+        _stop(net)
+        remove_network()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _stop(net: Topology) -> None:
+    """Stop what runs on the hosts the way the runner does; what is left dies with its netns."""
+
+    def stack(host: Host) -> Stack:
+        return Stack(RunLayout(host.run_dir), StackSettings(run_dir=host.run_dir))
+
+    with contextlib.suppress(Exception):
+        monitoring.stop(stack(net.proxy))
+        nginx.stop(stack(net.proxy))
+    for app in net.apps:
+        with contextlib.suppress(Exception):
+            gunicorn.stop(stack(app))
+    with contextlib.suppress(Exception):
+        pgbouncer.stop(stack(net.db))
+    subprocess.run(
+        [ROOT / "deploy" / "native" / "pg-cluster", "stop", net.db.run_dir / "postgres"],
+        capture_output=True,
+        check=False,
+    )
+
+
+# --- inside a host: `python -m tests.multihost ROLE`, with that host's environment ---------------
+
+
+def _serve_db() -> None:
+    """PostgreSQL on this host's 127.0.0.1, the schema migrated, PgBouncer on its address."""
+
+    stack = Stack.from_environment()
+    datadir = stack.layout.postgres_dir
+    run_helper("pg-cluster", "start", datadir, "5432", "--unsafe-no-fsync")
+    asyncio.run(postgres.create_database("postgresql://postgres@127.0.0.1:5432/postgres", "notes"))
+    direct = f"postgresql+asyncpg://postgres:{PASSWORD}@127.0.0.1:5432/notes"
+    postgres.migrate({**os.environ, "DATABASE_URL": direct})
+    pgbouncer.start(stack, direct)
+
+
+def _serve_app() -> None:
+    """gunicorn and its workers, as `make up` starts them; returns once they are ready."""
+
+    gunicorn.start(Stack.from_environment(), dict(os.environ), WORKERS_PER_HOST)
+
+
+def _serve_proxy() -> None:
+    """nginx in front of every app host, and Prometheus scraping each of them."""
+
+    stack = Stack.from_environment()
+    nginx.start(stack)
+    monitoring.start_exporter(stack)
+    monitoring.start_prometheus(stack)
+
+
+if __name__ == "__main__":
+    {"db": _serve_db, "app": _serve_app, "proxy": _serve_proxy}[sys.argv[1]]()

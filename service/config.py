@@ -19,6 +19,7 @@ LogFormat = Literal["json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Environment = Literal["development", "test", "production"]
 Pooler = Literal["none", "pgbouncer"]
+Role = Literal["all", "database", "app", "proxy"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:55432/notes"
@@ -282,6 +283,13 @@ class StackSettings(RunDirSettings):
         per_deployment=False,
         ge=1,
         le=65535,
+    )
+    stack_role: Role = setting(
+        "all",
+        "what `make up` runs on this host: `all` of it; with several hosts, `database` "
+        "(PgBouncer in front of PostgreSQL, and the migrations), `app` (gunicorn on "
+        "GUNICORN_BIND) or `proxy` (nginx to APP_UPSTREAM, and Prometheus)",
+        per_deployment=False,
     )
     listen_address: str = setting(
         "127.0.0.1",

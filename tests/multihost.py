@@ -1,18 +1,18 @@
 """Several hosts on one machine: network namespaces on a bridge, each running its part of the
-stack as real processes, started by the native runner's own code inside the namespace.
+stack with `python -m deploy.native up` and STACK_ROLE, as an operator would on each host.
 
-    db     10.213.0.10  PostgreSQL on its own 127.0.0.1, PgBouncer on 10.213.0.10:6432
-    app-1  10.213.0.11  a gunicorn master and its workers on :8000, its own metrics directory
+    db     10.213.0.10  PostgreSQL on its own 127.0.0.1 (the operator's); role `database`:
+                        the migrations, and PgBouncer on 10.213.0.10:6432
+    app-1  10.213.0.11  role `app`: a gunicorn master and its workers on :8000
     app-2  10.213.0.12  the same
-    proxy  10.213.0.40  nginx (public :8080) with `notes-app:8000` as its upstream, a name that
-                        resolves to both app hosts there; Prometheus scraping each app host
+    proxy  10.213.0.40  role `proxy`: nginx (public :8080) with `notes-app:8000` as its
+                        upstream, a name that resolves to both app hosts there; Prometheus
+                        scraping each app host
 
 The test process stays in the machine's own namespace, on the bridge (10.213.0.1), like a
 client of the proxy. Everything is made by `topology()` and removed after, processes included.
-As `python -m tests.multihost ROLE`, this module is what runs inside a host to start its part.
 """
 
-import asyncio
 import contextlib
 import os
 import shutil
@@ -26,13 +26,10 @@ from pathlib import Path
 
 import psutil
 
-from deploy.native import gunicorn, monitoring, nginx, pgbouncer, postgres
-from deploy.native.processes import read_pid, run_helper
-from deploy.native.state import Stack
-from service.config import StackSettings
-from service.runtime.layout import RunLayout
+from deploy.native.processes import read_pid
 
 ROOT = Path(__file__).resolve().parent.parent
+PG_CLUSTER = ROOT / "deploy" / "native" / "pg-cluster"
 SUBNET = "10.213.0"
 BRIDGE = "notes-mh0"
 PREFIX = "notes-mh-"
@@ -64,25 +61,31 @@ class Host:
         """`argv`, run inside this host's network namespace."""
         return ["ip", "netns", "exec", self.netns, *argv]
 
-    def run(self, *argv: str, env: dict[str, str] | None = None) -> str:
-        """Run a command inside the host; its output, or AssertionError with it."""
+    def run(
+        self, *argv: str, env: dict[str, str] | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the host; with `check`, AssertionError with its output if it
+        fails."""
         result = subprocess.run(
             self.argv(*argv), env=env, cwd=ROOT, capture_output=True, text=True, check=False
         )
-        assert result.returncode == 0, f"{self.role}: {argv}\n{result.stdout}{result.stderr}"
-        return result.stdout
+        assert result.returncode == 0 or not check, (
+            f"{self.role}: {argv}\n{result.stdout}{result.stderr}"
+        )
+        return result
 
-    def start(self, env: dict[str, str]) -> str:
-        """Start this host's part of the stack (`python -m tests.multihost ROLE` inside it)."""
-        role = self.role.rstrip("-0123456789")
-        return self.run(sys.executable, "-m", "tests.multihost", role, env=env)
+    def stack(
+        self, command: str, env: dict[str, str], check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command of the native runner (`up`, `status`, `reload`, `down`) here."""
+        return self.run(sys.executable, "-m", "deploy.native", command, env=env, check=check)
 
     def fetch(self, url: str) -> str:
         """GET `url` from inside the host (for what listens on its own 127.0.0.1)."""
         code = (
             "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1]).read().decode())"
         )
-        return self.run(sys.executable, "-c", code, url)
+        return self.run(sys.executable, "-c", code, url).stdout
 
 
 @dataclass(frozen=True)
@@ -99,28 +102,60 @@ class Topology:
         return f"http://{self.proxy.address}:{HTTP_PORT}"
 
     @property
+    def postgres_dir(self) -> Path:
+        """The operator's own PostgreSQL on the database host (outside the stack's run dir)."""
+        return self.db.run_dir.parent / "postgresql"
+
+    @property
     def pooled_url(self) -> str:
         """The database through PgBouncer on the db host (what the app hosts use)."""
         return f"postgresql+asyncpg://postgres:{PASSWORD}@{self.db.address}:{PGBOUNCER_PORT}/notes"
 
-    def app_env(self, host: Host) -> dict[str, str]:
-        """An app host's environment: gunicorn on its address, the database through PgBouncer,
-        the proxy's X-Forwarded-For trusted."""
+    def env(self, host: Host) -> dict[str, str]:
+        """What the operator sets on `host`."""
+        common = {**os.environ, "RUN_DIR": str(host.run_dir), "POOLER": "pgbouncer"}
+        if host == self.db:
+            direct = f"postgresql+asyncpg://postgres:{PASSWORD}@127.0.0.1:5432/notes"
+            return {
+                **common,
+                "STACK_ROLE": "database",
+                "DATABASE_URL": direct,
+                "LISTEN_ADDRESS": host.address,
+                "PGBOUNCER_PORT": str(PGBOUNCER_PORT),
+                "PGBOUNCER_POOL_SIZE": str(SERVER_POOL),
+            }
+        if host == self.proxy:
+            return {
+                **common,
+                "STACK_ROLE": "proxy",
+                "LISTEN_ADDRESS": host.address,
+                "APP_UPSTREAM": f"{APP_NAME}:{APP_PORT}",
+                "METRICS_TARGETS": " ".join(f"{app.address}:{APP_PORT}" for app in self.apps),
+                "HTTP_PORT": str(HTTP_PORT),
+                "PROMETHEUS_PORT": str(PROMETHEUS_PORT),
+            }
         return {
-            **os.environ,
-            "RUN_DIR": str(host.run_dir),
+            **common,
+            "STACK_ROLE": "app",
             "GUNICORN_BIND": f"{host.address}:{APP_PORT}",
             "FORWARDED_ALLOW_IPS": self.proxy.address,
             "WEB_CONCURRENCY": str(WORKERS_PER_HOST),
             "DATABASE_URL": self.pooled_url,
-            "DB_POOLER": "pgbouncer",
             "APP_HOSTS": str(len(self.apps)),
             "PGBOUNCER_POOL_SIZE": str(SERVER_POOL),
         }
 
-    def start_app(self, host: Host) -> None:
-        """Start (or start again) an app host's gunicorn; returns once its workers are ready."""
-        host.start(self.app_env(host))
+    def up(self, host: Host) -> None:
+        """`make up` on `host` (again, after a kill): returns once its part answers."""
+        host.stack("up", self.env(host))
+
+    def reload(self, host: Host) -> None:
+        """`make reload` on `host`."""
+        host.stack("reload", self.env(host))
+
+    def status(self, host: Host) -> subprocess.CompletedProcess[str]:
+        """`make status` on `host` (exit 3 when its part is down)."""
+        return host.stack("status", self.env(host), check=False)
 
     def master(self, host: Host) -> int | None:
         """The pid of an app host's serving gunicorn master."""
@@ -211,30 +246,16 @@ def topology() -> Iterator[Topology]:
         names = "".join(f"{app.address} {APP_NAME}\n" for app in apps)
         (etc / "hosts").write_text(f"127.0.0.1 localhost\n{names}")
         for host in hosts:
-            (host.run_dir / "logs").mkdir(parents=True)
+            host.run_dir.mkdir()
             host.run_dir.chmod(0o755)
-        net.db.start(
-            {
-                **os.environ,
-                "RUN_DIR": str(net.db.run_dir),
-                "LISTEN_ADDRESS": net.db.address,
-                "PGBOUNCER_PORT": str(PGBOUNCER_PORT),
-                "PGBOUNCER_POOL_SIZE": str(SERVER_POOL),
-            }
-        )
-        for app in apps:
-            net.start_app(app)
-        net.proxy.start(
-            {
-                **os.environ,
-                "RUN_DIR": str(net.proxy.run_dir),
-                "LISTEN_ADDRESS": net.proxy.address,
-                "APP_UPSTREAM": f"{APP_NAME}:{APP_PORT}",
-                "METRICS_TARGETS": " ".join(f"{app.address}:{APP_PORT}" for app in apps),
-                "HTTP_PORT": str(HTTP_PORT),
-                "PROMETHEUS_PORT": str(PROMETHEUS_PORT),
-            }
-        )
+        # The operator's PostgreSQL, on the database host's own 127.0.0.1.
+        net.db.run(str(PG_CLUSTER), "start", str(net.postgres_dir), "5432", "--unsafe-no-fsync")
+        bindir = subprocess.run(
+            [PG_CLUSTER, "bindir"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        net.db.run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "notes")
+        for host in hosts:
+            net.up(host)
         yield net
     finally:
         _stop(net)
@@ -243,55 +264,9 @@ def topology() -> Iterator[Topology]:
 
 
 def _stop(net: Topology) -> None:
-    """Stop what runs on the hosts the way the runner does; what is left dies with its netns."""
-
-    def stack(host: Host) -> Stack:
-        return Stack(RunLayout(host.run_dir), StackSettings(run_dir=host.run_dir))
-
-    with contextlib.suppress(Exception):
-        monitoring.stop(stack(net.proxy))
-        nginx.stop(stack(net.proxy))
-    for app in net.apps:
-        with contextlib.suppress(Exception):
-            gunicorn.stop(stack(app))
-    with contextlib.suppress(Exception):
-        pgbouncer.stop(stack(net.db))
-    subprocess.run(
-        [ROOT / "deploy" / "native" / "pg-cluster", "stop", net.db.run_dir / "postgres"],
-        capture_output=True,
-        check=False,
-    )
-
-
-# --- inside a host: `python -m tests.multihost ROLE`, with that host's environment ---------------
-
-
-def _serve_db() -> None:
-    """PostgreSQL on this host's 127.0.0.1, the schema migrated, PgBouncer on its address."""
-
-    stack = Stack.from_environment()
-    datadir = stack.layout.postgres_dir
-    run_helper("pg-cluster", "start", datadir, "5432", "--unsafe-no-fsync")
-    asyncio.run(postgres.create_database("postgresql://postgres@127.0.0.1:5432/postgres", "notes"))
-    direct = f"postgresql+asyncpg://postgres:{PASSWORD}@127.0.0.1:5432/notes"
-    postgres.migrate({**os.environ, "DATABASE_URL": direct})
-    pgbouncer.start(stack, direct)
-
-
-def _serve_app() -> None:
-    """gunicorn and its workers, as `make up` starts them; returns once they are ready."""
-
-    gunicorn.start(Stack.from_environment(), dict(os.environ), WORKERS_PER_HOST)
-
-
-def _serve_proxy() -> None:
-    """nginx in front of every app host, and Prometheus scraping each of them."""
-
-    stack = Stack.from_environment()
-    nginx.start(stack)
-    monitoring.start_exporter(stack)
-    monitoring.start_prometheus(stack)
-
-
-if __name__ == "__main__":
-    {"db": _serve_db, "app": _serve_app, "proxy": _serve_proxy}[sys.argv[1]]()
+    """`make down` on every host, then the database; what is left dies with its namespace."""
+    for host in (net.proxy, *net.apps, net.db):
+        with contextlib.suppress(AssertionError):
+            host.stack("down", net.env(host))
+    with contextlib.suppress(AssertionError):
+        net.db.run(str(PG_CLUSTER), "stop", str(net.postgres_dir))

@@ -8,7 +8,8 @@
     scale N   N workers, live (TTIN/TTOU), after the connection budget check
 
 gunicorn supervises its workers, nginx and PostgreSQL their own processes; this runner only
-starts, signals and waits. Knobs: service.config.StackSettings (RUN_DIR and the ports),
+starts, signals and waits. Knobs: service.config.StackSettings (RUN_DIR, the ports, and
+STACK_ROLE: all of the stack on this host, or one part of it on one of several hosts),
 DATABASE_URL (default: the private cluster), WEB_CONCURRENCY and every app setting.
 """
 
@@ -30,46 +31,102 @@ from deploy.native.processes import (
     run_helper,
 )
 from deploy.native.state import Stack
+from service.config import GunicornSettings, load, load_settings
 from service.runtime.capacity import default_workers
 
 
 def up(stack: Stack) -> None:
-    """Start whatever is not running; return once /readyz answers 200 through nginx."""
+    """Start whatever of this host's part is not running; return once it answers."""
     layout = stack.layout
+    role = stack.settings.stack_role
     for directory in (layout.logs, layout.nginx_dir, layout.ready_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    run_helper("install-deps", "nginx", "prometheus")
+    if role in ("all", "proxy"):
+        run_helper("install-deps", "nginx", "prometheus")
 
     running = gunicorn.master(stack)
-    _database(stack, stack.saved() if running else {})
-    env = stack.service_env()
+    if role == "all":
+        _database(stack, stack.saved() if running else {})
+    elif role == "database":
+        _database(stack, stack.saved() if read_pid(layout.pidfile(pgbouncer.NAME)) else {})
+    elif role == "app":
+        _remote_database(stack)
 
+    if role in ("all", "app"):
+        _gunicorn(stack, running)
+    if role in ("all", "proxy"):
+        if role == "proxy" and not stack.settings.app_upstream:
+            fail("a proxy host needs its app hosts: set APP_UPSTREAM=<name of every app host>:8000")
+        nginx.start(stack)
+        monitoring.start_exporter(stack)
+        monitoring.start_prometheus(stack)
+
+    ready = _readiness_url(stack)
+    if ready and not _eventually(lambda: http_status(ready) == 200):
+        fail(f"{ready} did not answer 200 within 60s")
+    log("ready")
+    for name, url in _urls(stack):
+        print(f"  {name:<11} {url}")
+
+
+def _gunicorn(stack: Stack, running: int | None) -> None:
+    """gunicorn and its workers, unless they run."""
     if running:
         log(f"gunicorn: already running (master {running})")
-    else:
+        return
+    if stack.settings.stack_role == "all":
         for port in (stack.settings.http_port, stack.settings.ops_port):
             if port_open(port) and not nginx.pid(stack):
                 fail(f"port {port} is taken by another program; set HTTP_PORT/OPS_PORT")
-        workers = int(env.get("WEB_CONCURRENCY") or 0) or default_workers()
-        running = gunicorn.start(stack, env, workers)
-        log(f"gunicorn: master {running}, {workers} workers ready")
+    env = stack.service_env()
+    workers = int(env.get("WEB_CONCURRENCY") or 0) or default_workers()
+    master = gunicorn.start(stack, env, workers)
+    log(f"gunicorn: master {master}, {workers} workers ready")
 
-    nginx.start(stack)
-    monitoring.start_exporter(stack)
-    monitoring.start_prometheus(stack)
-    ready = f"{stack.public_url}/readyz"
-    if not _eventually(lambda: http_status(ready) == 200):
-        fail(f"{ready} did not answer 200 within 60s")
-    log("ready")
-    for name, url in (
-        ("API", f"{stack.public_url}/api/v1/notes"),
-        ("docs", f"{stack.public_url}/docs"),
-        ("metrics", f"{stack.ops_url}/metrics"),
-        ("nginx", f"{stack.ops_url}/stub_status"),
-        ("prometheus", stack.prometheus_url),
-        ("logs", f"{layout.logs}/"),
-    ):
-        print(f"  {name:<11} {url}")
+
+def _remote_database(stack: Stack) -> None:
+    """An app host: the database (PgBouncer with POOLER=pgbouncer) is on another host, named
+    by DATABASE_URL, and gunicorn must listen where the proxy host can reach it."""
+    settings = load_settings()
+    if not settings.database_url_is_explicit:
+        fail("an app host needs DATABASE_URL: the database host's PgBouncer (POOLER=pgbouncer)")
+    bind = load(GunicornSettings).gunicorn_bind
+    if not bind or bind.startswith("unix:"):
+        fail("an app host serves the proxy host: set GUNICORN_BIND=<this host's address>:8000")
+    url = settings.sqlalchemy_url
+    pooler = stack.settings.pooler
+    # The URL is PgBouncer's own when it is on the database host: the workers use it as is.
+    stack.save({"database_url": url, "pooler": pooler, "pooled_url": url})
+
+
+def _readiness_url(stack: Stack) -> str | None:
+    """What answers 200 once this host's part serves: /readyz through nginx, or gunicorn's
+    own on an app host; None on the database host (its start waits for PgBouncer)."""
+    role = stack.settings.stack_role
+    if role == "app":
+        host, _, port = str(load(GunicornSettings).gunicorn_bind).rpartition(":")
+        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/readyz"  # noqa: S104
+    return None if role == "database" else f"{stack.public_url}/readyz"
+
+
+def _urls(stack: Stack) -> list[tuple[str, str]]:
+    """What this host serves, for the person at the terminal."""
+    role = stack.settings.stack_role
+    urls = [("logs", f"{stack.layout.logs}/")]
+    if role in ("all", "proxy"):
+        urls[:0] = [
+            ("API", f"{stack.public_url}/api/v1/notes"),
+            ("docs", f"{stack.public_url}/docs"),
+            ("metrics", f"{stack.ops_url}/metrics"),
+            ("nginx", f"{stack.ops_url}/stub_status"),
+            ("prometheus", stack.prometheus_url),
+        ]
+    elif role == "app":
+        urls[:0] = [("readyz", str(_readiness_url(stack)))]
+    elif stack.saved().get("pooler") == "pgbouncer":
+        settings = stack.settings
+        urls[:0] = [("pgbouncer", f"{settings.listen_address}:{settings.pgbouncer_port}")]
+    return urls
 
 
 def _database(stack: Stack, state: dict[str, str]) -> None:
@@ -115,22 +172,27 @@ def down(stack: Stack) -> None:
         log("postgres: stopped")
     stack.layout.state_file.unlink(missing_ok=True)
     settings = stack.settings
-    ports = (
-        settings.http_port,
-        settings.ops_port,
-        settings.prometheus_port,
-        settings.nginx_exporter_port,
-        *([settings.pgbouncer_port] if state.get("pooler") == "pgbouncer" else []),
-    )
-    busy = [port for port in ports if port_open(port)]
+    local, listen = "127.0.0.1", settings.listen_address
+    ports = [
+        (listen, settings.http_port),
+        (local, settings.ops_port),
+        (local, settings.prometheus_port),
+        (local, settings.nginx_exporter_port),
+    ]
+    if state.get("pooler") == "pgbouncer" and settings.stack_role != "app":
+        ports.append((listen, settings.pgbouncer_port))
+    busy = [f"{host}:{port}" for host, port in ports if port_open(port, host)]
     if busy:
         fail(f"ports still answering after down: {busy}")
     log("down")
 
 
 def status(stack: Stack) -> None:
-    """Print each component with its pid and the live worker pids; exit 3 if any is down."""
+    """Print each component with its pid and the live worker pids; exit 3 if one of this
+    host's part is down."""
     state = stack.saved()
+    if stack.settings.stack_role != "all":
+        print(f"role      {stack.settings.stack_role}")
     private = state.get("private_postgres")
     print(f"postgres  {'private cluster' if private else ('DATABASE_URL' if state else 'unknown')}")
     if state.get("pooler") == "pgbouncer":
@@ -148,9 +210,19 @@ def status(stack: Stack) -> None:
     for name in monitoring.DAEMONS:
         daemon = read_pid(stack.layout.pidfile(name))
         print(f"{name:<15} {'pid ' + str(daemon) if daemon else 'stopped'}")
-    ready_status = http_status(f"{stack.public_url}/readyz")
-    print(f"readyz    {ready_status or 'no answer'} ({stack.public_url}/readyz)")
-    if not (master and nginx_pid and ready_status == 200):
+    role = stack.settings.stack_role
+    readyz = _readiness_url(stack)
+    ready_status = http_status(readyz) if readyz else None
+    if readyz:
+        print(f"readyz    {ready_status or 'no answer'} ({readyz})")
+    up = {
+        "all": bool(master and nginx_pid and ready_status == 200),
+        "app": bool(master and ready_status == 200),
+        "proxy": bool(nginx_pid and ready_status == 200),
+        "database": bool(state)
+        and (state.get("pooler") != "pgbouncer" or read_pid(stack.layout.pidfile(pgbouncer.NAME))),
+    }
+    if not up[role]:
         sys.exit(3)
 
 
@@ -163,14 +235,21 @@ def logs(stack: Stack) -> None:
 
 
 def reload(stack: Stack) -> None:
-    """New code and config with zero failed requests."""
-    master = gunicorn.master(stack)
-    if not master:
-        fail("gunicorn is not running: make up first")
-    # Old and new workers overlap until the old ones drain: both sets of pools must fit.
-    gunicorn.budget_check(stack, 2 * len(children(master)))
-    nginx.reload_if_changed(stack)
-    gunicorn.reload(stack)
+    """New code and config with zero failed requests (on a proxy host: nginx's config)."""
+    role = stack.settings.stack_role
+    if role == "database":
+        fail("nothing to reload on the database host: reload the app hosts one by one")
+    serves = role in ("all", "app")
+    if serves:
+        master = gunicorn.master(stack)
+        if not master:
+            fail("gunicorn is not running: make up first")
+        # Old and new workers overlap until the old ones drain: both sets of pools must fit.
+        gunicorn.budget_check(stack, 2 * len(children(master)))
+    if role in ("all", "proxy"):
+        nginx.reload_if_changed(stack)
+    if serves:
+        gunicorn.reload(stack)
     log("reloaded")
 
 

@@ -10,6 +10,7 @@ Debian 12's PgBouncer (1.18) does not track prepared statements, so the app, tol
 DB_POOLER=pgbouncer, prepares none by name (service.database.connections).
 """
 
+import ipaddress
 import os
 import pwd
 import shutil
@@ -96,11 +97,17 @@ def start(stack: Stack, database_url: str) -> None:
         return
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     host, port = stack.settings.listen_address, stack.settings.pgbouncer_port
+    database = make_url(database_url)
+    if not database.password and not _loopback(host):
+        fail(
+            f"PgBouncer on {host} would let in whoever reaches that address without a "
+            "password: give DATABASE_URL a password (PgBouncer checks it)"
+        )
     if port_open(port, host):
         fail(f"port {port} is taken by another program; set PGBOUNCER_PORT")
     here = directory(stack)
     here.mkdir(parents=True, exist_ok=True)
-    ini, userlist = config(stack, make_url(database_url), load_settings())
+    ini, userlist = config(stack, database, load_settings())
     (here / "pgbouncer.ini").write_text(ini)
     auth_file = here / "userlist.txt"
     auth_file.touch(mode=0o600)
@@ -115,6 +122,13 @@ def start(stack: Stack, database_url: str) -> None:
     pidfile.write_text(str(pid))
     wait_for("PgBouncer", lambda: port_open(port, host), 15)
     log(f"pgbouncer: pid {pid}, {host}:{port}")
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name
+        return host == "localhost"
 
 
 def stop(stack: Stack) -> None:

@@ -4,7 +4,9 @@ namespace of its own (tests/multihost.py). Every request goes through the proxy'
 
 import asyncio
 import json
+import os
 import subprocess
+import sys
 import time
 import urllib.parse
 import uuid
@@ -17,20 +19,16 @@ import asyncpg
 import httpx
 import psutil
 import pytest
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from deploy.grafana.dashboard import ALL_REQUESTS, REQUESTS_BY_HOST
-from deploy.native import gunicorn
 from deploy.native.processes import alive, read_pid
-from deploy.native.state import Stack
-from service.config import StackSettings, load_settings
-from service.runtime.layout import RunLayout
+from service.config import load_settings
 from tests.metrics import parse, value
 from tests.multihost import (
     APP_PORT,
     SERVER_POOL,
     WORKERS_PER_HOST,
-    Host,
     Topology,
     network_available,
     topology,
@@ -51,11 +49,6 @@ def multihost_stack() -> Iterator[Topology]:
         pytest.skip(reason)
     with topology() as net:
         yield net
-
-
-def runner_stack(host: Host) -> Stack:
-    """The native runner's view of a host's run directory (to reload it as `make` does)."""
-    return Stack(RunLayout(host.run_dir), StackSettings(run_dir=host.run_dir))
 
 
 def reads_served(net: Topology) -> dict[str, float]:
@@ -186,6 +179,9 @@ async def test_a_whole_app_host_killed_under_load_loses_nothing_and_comes_back(
         await asyncio.sleep(4)  # load on the survivor alone
     assert len(killed) == 1 + WORKERS_PER_HOST
     assert not any(alive(pid) for pid in killed)
+    down = net.status(victim)
+    assert down.returncode == 3, down.stdout + down.stderr
+    assert "gunicorn  stopped" in down.stdout
 
     errors = (net.proxy.run_dir / "logs" / "nginx-error.log").read_text()[-3000:]
     assert not load.result.unexpected(), (load.result.counts(), errors)
@@ -201,7 +197,10 @@ async def test_a_whole_app_host_killed_under_load_loses_nothing_and_comes_back(
     assert set(created.values()) == {1}
 
     # Back: a fresh master on the same address, and nginx sends it requests again by itself.
-    net.start_app(victim)
+    net.up(victim)
+    back = net.status(victim)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "role      app" in back.stdout
     note_id = await a_note(net)
     before = reads_served(net)
     outcomes, _ = await read_many(net, note_id, 200)
@@ -217,7 +216,7 @@ async def test_a_rolling_reload_host_by_host_drops_nothing(multihost_stack: Topo
     masters = {app.address: net.master(app) for app in net.apps}
     async with background_load(net.url, concurrency=20) as load:
         for app in net.apps:
-            await asyncio.to_thread(gunicorn.reload, runner_stack(app))
+            await asyncio.to_thread(net.reload, app)
     assert load.result.outcomes, "no load ran"
     assert not load.result.unexpected(), load.result.counts()
     assert not load.result.retries, load.result.retries
@@ -259,3 +258,60 @@ def test_the_proxy_runs_the_repos_nginx_conf_with_both_hosts_upstream(
     assert Path("/etc/netns", multihost_stack.proxy.netns, "hosts").read_text().count(
         "notes-app"
     ) == len(multihost_stack.apps)
+
+
+def up_refused(run_dir: Path, env: dict[str, str]) -> str:
+    """`python -m deploy.native up` with `env`, which must refuse: its message."""
+    base = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in {"DATABASE_URL", "GUNICORN_BIND", "APP_UPSTREAM", "POOLER"}
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.native", "up"],
+        env={**base, "RUN_DIR": str(run_dir), **env},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    return result.stderr
+
+
+@pytest.mark.stack  # runs the runner, which installs nginx and Prometheus when missing
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"STACK_ROLE": "app", "GUNICORN_BIND": "127.0.0.1:18000"},
+            "an app host needs DATABASE_URL: the database host's PgBouncer",
+        ),
+        (
+            {"STACK_ROLE": "app", "DATABASE_URL": "postgresql+asyncpg://u:p@192.0.2.1:6432/n"},
+            "set GUNICORN_BIND=<this host's address>:8000",
+        ),
+        ({"STACK_ROLE": "proxy"}, "set APP_UPSTREAM=<name of every app host>:8000"),
+    ],
+    ids=["app-without-database", "app-on-a-socket", "proxy-without-app-hosts"],
+)
+def test_a_role_refuses_what_its_host_cannot_serve(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    assert message in up_refused(tmp_path, env)
+    assert not (tmp_path / "gunicorn.pid").exists()
+    assert not (tmp_path / "nginx" / "nginx.pid").exists()
+
+
+def test_pgbouncer_open_to_other_hosts_needs_a_password(tmp_path: Path, database_url: URL) -> None:
+    env = {
+        "STACK_ROLE": "database",
+        "POOLER": "pgbouncer",
+        "LISTEN_ADDRESS": "192.0.2.1",  # not this machine's, and never reached
+        "DATABASE_URL": database_url.render_as_string(hide_password=False),
+    }
+    assert database_url.password is None
+    message = up_refused(tmp_path, env)
+    assert "PgBouncer on 192.0.2.1 would let in whoever reaches that address" in message
+    assert "give DATABASE_URL a password" in message

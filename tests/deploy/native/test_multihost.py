@@ -24,6 +24,7 @@ from sqlalchemy.engine import URL, make_url
 from deploy.grafana.dashboard import ALL_REQUESTS, REQUESTS_BY_HOST
 from deploy.native.processes import alive, read_pid
 from service.config import load_settings
+from tests.deploy.grafana.test_dashboard import PER_WORKER_PANELS, queries, substitute
 from tests.metrics import parse, value
 from tests.multihost import (
     APP_PORT,
@@ -34,7 +35,7 @@ from tests.multihost import (
     topology,
 )
 from tests.postgres import ROOT, asyncpg_dsn
-from tests.stack import background_load, read_json_lines
+from tests.stack import Load, background_load, read_json_lines
 
 READ_ROUTE = "/api/v1/notes/{note_id}"
 
@@ -162,6 +163,34 @@ async def test_load_spreads_over_both_hosts_and_their_counts_add_up(
     assert set(by_host) == hosts
     assert all(rate > 0 for rate in by_host.values()), by_host
     assert sum(by_host.values()) == pytest.approx(total[""]), (by_host, total)
+
+
+async def test_the_dashboards_worker_panels_draw_each_hosts_workers(
+    multihost_stack: Topology,
+) -> None:
+    """Every per-worker query of the dashboard, against the Prometheus that scrapes both
+    hosts: each host's workers are there, told apart by host (pids may repeat across them)."""
+    net = multihost_stack
+    wanted = [
+        (title, ref_id, substitute(expr))
+        for title, ref_id, expr in queries()
+        if title in PER_WORKER_PANELS
+    ]
+    assert len(wanted) >= len(PER_WORKER_PANELS)
+    hosts = {f"{app.address}:{APP_PORT}" for app in net.apps}
+    deadline = time.monotonic() + 60
+    while True:
+        result = await Load(net.url, concurrency=10).run(total=200)
+        assert not result.unexpected(), result.counts()
+        short = {}
+        for title, ref_id, expr in wanted:
+            seen = set(prometheus_vector(net, expr, time.time()))
+            if seen != hosts:
+                short[f"{title} [{ref_id}]"] = seen
+        if not short or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(2)
+    assert not short, short
 
 
 async def test_a_whole_app_host_killed_under_load_loses_nothing_and_comes_back(

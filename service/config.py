@@ -243,12 +243,12 @@ class GunicornSettings(RunDirSettings):
 
 
 class StackSettings(RunDirSettings):
-    """The native runner's ports (`make up` without Docker).
+    """The native runner's ports and roles (`make up` without Docker).
 
     HTTP_PORT and PROMETHEUS_PORT are the published host ports in compose too.
     """
 
-    http_port: int = setting(8080, "nginx's public server on 127.0.0.1", ge=1, le=65535)
+    http_port: int = setting(8080, "nginx's public server, on LISTEN_ADDRESS", ge=1, le=65535)
     ops_port: int = setting(
         8081,
         "nginx's ops server (/metrics, /stub_status), 127.0.0.1 only",
@@ -272,7 +272,7 @@ class StackSettings(RunDirSettings):
     )
     pgbouncer_port: int = setting(
         56432,
-        "PgBouncer on 127.0.0.1, with POOLER=pgbouncer",
+        "PgBouncer, on LISTEN_ADDRESS, with POOLER=pgbouncer",
         per_deployment=False,
         ge=1,
         le=65535,

@@ -215,14 +215,14 @@ def status(stack: Stack) -> None:
     ready_status = http_status(readyz) if readyz else None
     if readyz:
         print(f"readyz    {ready_status or 'no answer'} ({readyz})")
-    up = {
+    pooled = state.get("pooler") == "pgbouncer"
+    serving = {
         "all": bool(master and nginx_pid and ready_status == 200),
         "app": bool(master and ready_status == 200),
         "proxy": bool(nginx_pid and ready_status == 200),
-        "database": bool(state)
-        and (state.get("pooler") != "pgbouncer" or read_pid(stack.layout.pidfile(pgbouncer.NAME))),
+        "database": bool(state and (not pooled or read_pid(stack.layout.pidfile(pgbouncer.NAME)))),
     }
-    if not up[role]:
+    if not serving[role]:
         sys.exit(3)
 
 

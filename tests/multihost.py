@@ -47,15 +47,15 @@ PASSWORD = "multihost-secret"  # noqa: S105 (a throwaway test cluster's)
 
 @dataclass(frozen=True)
 class Host:
-    """One network namespace with an address on the bridge, and a run directory."""
+    """One machine: a network namespace with an address on the bridge, and a run directory."""
 
-    role: str
+    name: str
     address: str
     run_dir: Path
 
     @property
     def netns(self) -> str:
-        return f"{PREFIX}{self.role}"
+        return f"{PREFIX}{self.name}"
 
     def argv(self, *argv: str) -> list[str]:
         """`argv`, run inside this host's network namespace."""
@@ -70,7 +70,7 @@ class Host:
             self.argv(*argv), env=env, cwd=ROOT, capture_output=True, text=True, check=False
         )
         assert result.returncode == 0 or not check, (
-            f"{self.role}: {argv}\n{result.stdout}{result.stderr}"
+            f"{self.name}: {argv}\n{result.stdout}{result.stderr}"
         )
         return result
 
@@ -164,7 +164,7 @@ class Topology:
     def kill(self, host: Host) -> list[int]:
         """SIGKILL a whole app host: its master and every worker, at once; the pids killed."""
         master = self.master(host)
-        assert master is not None, f"{host.role} runs no gunicorn"
+        assert master is not None, f"{host.name} runs no gunicorn"
         pids = [master, *(child.pid for child in psutil.Process(master).children())]
         os.killpg(master, signal.SIGKILL)  # the runner starts it in a session of its own
         psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], 10)
@@ -201,7 +201,7 @@ def _make_network(hosts: list[Host]) -> None:
     _ip("addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE)
     _ip("link", "set", BRIDGE, "up")
     for host in hosts:
-        outside = f"nmh-{host.role}"
+        outside = f"nmh-{host.name}"
         _ip("netns", "add", host.netns)
         _ip("link", "add", outside, "type", "veth", "peer", "name", "eth0", "netns", host.netns)
         _ip("link", "set", outside, "master", BRIDGE, "up")

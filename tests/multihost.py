@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+from sqlalchemy.engine import make_url
 
 from deploy.native.processes import read_pid
 
@@ -107,19 +108,24 @@ class Topology:
         return self.db.run_dir.parent / "postgresql"
 
     @property
+    def direct_url(self) -> str:
+        """The database straight to PostgreSQL, as the db host reaches it."""
+        return f"postgresql+asyncpg://postgres:{PASSWORD}@127.0.0.1:5432/notes"
+
+    @property
     def pooled_url(self) -> str:
-        """The database through PgBouncer on the db host (what the app hosts use)."""
-        return f"postgresql+asyncpg://postgres:{PASSWORD}@{self.db.address}:{PGBOUNCER_PORT}/notes"
+        """The same database through PgBouncer on the db host (what the app hosts use)."""
+        pooled = make_url(self.direct_url).set(host=self.db.address, port=PGBOUNCER_PORT)
+        return pooled.render_as_string(hide_password=False)
 
     def env(self, host: Host) -> dict[str, str]:
         """What the operator sets on `host`."""
         common = {**os.environ, "RUN_DIR": str(host.run_dir), "POOLER": "pgbouncer"}
         if host == self.db:
-            direct = f"postgresql+asyncpg://postgres:{PASSWORD}@127.0.0.1:5432/notes"
             return {
                 **common,
                 "STACK_ROLE": "database",
-                "DATABASE_URL": direct,
+                "DATABASE_URL": self.direct_url,
                 "LISTEN_ADDRESS": host.address,
                 "PGBOUNCER_PORT": str(PGBOUNCER_PORT),
                 "PGBOUNCER_POOL_SIZE": str(SERVER_POOL),

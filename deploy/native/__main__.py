@@ -123,7 +123,7 @@ def _urls(stack: Stack) -> list[tuple[str, str]]:
         ]
     elif role == "app":
         urls[:0] = [("readyz", str(_readiness_url(stack)))]
-    elif stack.saved().get("pooler") == "pgbouncer":
+    elif role == "database" and stack.saved().get("pooler") == "pgbouncer":
         settings = stack.settings
         urls[:0] = [("pgbouncer", f"{settings.listen_address}:{settings.pgbouncer_port}")]
     return urls

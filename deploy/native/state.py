@@ -51,19 +51,23 @@ class Stack:
 
     def service_env(self) -> dict[str, str]:
         """The environment gunicorn runs with: through the pooler, if there is one."""
-        state = self.saved()
-        pooler = state.get("pooler") or "none"
-        return {
-            **os.environ,
-            "RUN_DIR": str(self.layout.root),
-            "DATABASE_URL": state["pooled_url"] if pooler != "none" else state["database_url"],
-            "DB_POOLER": pooler,
-        }
+        return self._env(pooled=True)
 
     def migration_env(self) -> dict[str, str]:
         """The environment Alembic runs with: straight to PostgreSQL, whose session advisory
         lock keeps two migrations from racing (a transaction pooler would not hold it)."""
-        return {**self.service_env(), "DATABASE_URL": self.saved()["database_url"]}
+        return self._env(pooled=False)
+
+    def _env(self, *, pooled: bool) -> dict[str, str]:
+        state = self.saved()
+        pooler = state.get("pooler") or "none"
+        through_pooler = pooled and pooler != "none"
+        return {
+            **os.environ,
+            "RUN_DIR": str(self.layout.root),
+            "DATABASE_URL": state["pooled_url" if through_pooler else "database_url"],
+            "DB_POOLER": pooler,
+        }
 
     def app_settings(self) -> Settings:
         """The settings the workers run with (the budget check's view of the stack)."""

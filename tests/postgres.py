@@ -55,6 +55,21 @@ async def _answers(url: URL) -> bool:
     return True
 
 
+async def backends(server: URL, database: str) -> int:
+    """Client connections PostgreSQL has open to `database` (`server` may be PgBouncer's:
+    the statement is prepared unnamed)."""
+    connection = await asyncpg.connect(asyncpg_dsn(server), statement_cache_size=0)
+    try:
+        count: int = await connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = $1 AND backend_type = 'client backend'",
+            database,
+        )
+        return count
+    finally:
+        await connection.close()
+
+
 async def admin_execute(server: URL, *statements: str) -> None:
     """Run statements on the server's maintenance database."""
     connection = await asyncpg.connect(asyncpg_dsn(server.set(database="postgres")))

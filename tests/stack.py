@@ -299,8 +299,9 @@ class Load:
 
 
 async def notes_by_text(database: URL, texts: Iterable[str]) -> Counter[str]:
-    """How many notes the database holds with each of these texts."""
-    connection = await asyncpg.connect(asyncpg_dsn(database))
+    """How many notes the database holds with each of these texts (`database` may be
+    PgBouncer's: the statement is prepared unnamed)."""
+    connection = await asyncpg.connect(asyncpg_dsn(database), statement_cache_size=0)
     try:
         rows = await connection.fetch(
             "SELECT text, count(*) AS n FROM notes WHERE text = ANY($1) GROUP BY text", list(texts)

@@ -13,9 +13,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import asyncpg
 import httpx
 import psutil
 import pytest
@@ -34,8 +32,8 @@ from tests.multihost import (
     network_available,
     topology,
 )
-from tests.postgres import ROOT, asyncpg_dsn
-from tests.stack import Load, background_load, read_json_lines
+from tests.postgres import ROOT, backends
+from tests.stack import Load, background_load, notes_by_text, read_json_lines
 
 READ_ROUTE = "/api/v1/notes/{note_id}"
 
@@ -92,16 +90,6 @@ async def a_note(net: Topology) -> int:
     assert response.status_code == 201, response.text
     note_id: int = response.json()["id"]
     return note_id
-
-
-async def database_fetch(net: Topology, query: str, *args: Any) -> list[asyncpg.Record]:
-    """Rows from PostgreSQL through PgBouncer (prepared statements stay unnamed there)."""
-    dsn = asyncpg_dsn(make_url(net.pooled_url))
-    connection = await asyncpg.connect(dsn, statement_cache_size=0)
-    try:
-        return list(await connection.fetch(query, *args))
-    finally:
-        await connection.close()
 
 
 def nginx_workers(net: Topology) -> set[int]:
@@ -216,12 +204,7 @@ async def test_a_whole_app_host_killed_under_load_loses_nothing_and_comes_back(
     assert not load.result.unexpected(), (load.result.counts(), errors)
     intended = load.result.intended
     assert len(intended) > 20
-    rows = await database_fetch(
-        net,
-        "SELECT text, count(*) AS n FROM notes WHERE text = ANY($1) GROUP BY text",
-        list(intended.values()),
-    )
-    created = {row["text"]: row["n"] for row in rows}
+    created = await notes_by_text(make_url(net.pooled_url), intended.values())
     assert set(created) == set(intended.values())
     assert set(created.values()) == {1}
 
@@ -261,14 +244,11 @@ async def test_postgres_sees_at_most_pgbouncers_server_pool(multihost_stack: Top
     settings = load_settings()
     asked = len(net.apps) * WORKERS_PER_HOST * (settings.db_pool_size + settings.db_max_overflow)
     assert asked > SERVER_POOL
-    count = (
-        "SELECT count(*) FROM pg_stat_activity "
-        "WHERE datname = 'notes' AND backend_type = 'client backend'"
-    )
+    pooled = make_url(net.pooled_url)
     samples = []
     async with background_load(net.url, concurrency=40) as load:
         for _ in range(30):
-            samples.append((await database_fetch(net, count))[0][0])
+            samples.append(await backends(pooled, "notes"))
             await asyncio.sleep(0.1)
     assert not load.result.unexpected(), load.result.counts()
     assert max(samples) <= SERVER_POOL, samples

@@ -19,7 +19,7 @@ from deploy.native import pgbouncer
 from service.config import load_settings
 from service.database.connections import create_database
 from service.runtime.capacity import budget_for
-from tests.postgres import ROOT, asyncpg_dsn, free_port, fresh_database, migrate
+from tests.postgres import ROOT, asyncpg_dsn, backends, free_port, fresh_database, migrate
 from tests.stack import Load, Stack, notes_by_text, running_stack
 
 SERVER_POOL = 4
@@ -103,20 +103,6 @@ def pooled_stack(pg_server: URL) -> Iterator[Stack]:
         }
         with running_stack(url, workers=2, extra_env=env) as running:
             yield running
-
-
-async def backends(server: URL, database: str) -> int:
-    """Client connections PostgreSQL has open to `database`."""
-    connection = await asyncpg.connect(asyncpg_dsn(server))
-    try:
-        count: int = await connection.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE datname = $1 AND backend_type = 'client backend'",
-            database,
-        )
-        return count
-    finally:
-        await connection.close()
 
 
 async def test_a_pooled_stack_serves_a_mixed_load_on_pgbouncers_connections_only(

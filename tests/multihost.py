@@ -28,6 +28,7 @@ import psutil
 from sqlalchemy.engine import make_url
 
 from deploy.native.processes import read_pid
+from service.runtime.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_CLUSTER = ROOT / "deploy" / "native" / "pg-cluster"
@@ -53,6 +54,11 @@ class Host:
     name: str
     address: str
     run_dir: Path
+
+    @property
+    def layout(self) -> RunLayout:
+        """Where the runner keeps this host's files."""
+        return RunLayout(self.run_dir)
 
     @property
     def netns(self) -> str:
@@ -165,7 +171,7 @@ class Topology:
 
     def master(self, host: Host) -> int | None:
         """The pid of an app host's serving gunicorn master."""
-        return read_pid(host.run_dir / "gunicorn.pid")
+        return read_pid(host.layout.gunicorn_pidfile)
 
     def kill(self, host: Host) -> list[int]:
         """SIGKILL a whole app host: its master and every worker, at once; the pids killed."""

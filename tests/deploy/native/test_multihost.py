@@ -94,7 +94,7 @@ async def a_note(net: Topology) -> int:
 
 def nginx_workers(net: Topology) -> set[int]:
     """The proxy's nginx worker pids: a reload of nginx would replace them."""
-    master = read_pid(net.proxy.run_dir / "nginx" / "nginx.pid")
+    master = read_pid(net.proxy.layout.nginx_pidfile)
     assert master is not None
     return {child.pid for child in psutil.Process(master).children()}
 
@@ -138,7 +138,7 @@ async def test_load_spreads_over_both_hosts_and_their_counts_add_up(
     assert all(count >= 600 * 0.3 for count in served.values()), served
     # The proxy's access log names the host of each request, and agrees with the hosts.
     await asyncio.sleep(0.5)  # the last access lines
-    lines = read_json_lines(net.proxy.run_dir / "logs" / "nginx-access.log")
+    lines = read_json_lines(net.proxy.layout.nginx_access_log)
     upstreams = Counter(line["upstream"] for line in lines if line["request_id"] in request_ids)
     assert upstreams == {f"{host}:{APP_PORT}": count for host, count in served.items()}
 
@@ -200,7 +200,7 @@ async def test_a_whole_app_host_killed_under_load_loses_nothing_and_comes_back(
     assert down.returncode == 3, down.stdout + down.stderr
     assert "gunicorn  stopped" in down.stdout
 
-    errors = (net.proxy.run_dir / "logs" / "nginx-error.log").read_text()[-3000:]
+    errors = net.proxy.layout.nginx_error_log.read_text()[-3000:]
     assert not load.result.unexpected(), (load.result.counts(), errors)
     intended = load.result.intended
     assert len(intended) > 20
@@ -258,7 +258,7 @@ async def test_postgres_sees_at_most_pgbouncers_server_pool(multihost_stack: Top
 def test_the_proxy_runs_the_repos_nginx_conf_with_both_hosts_upstream(
     multihost_stack: Topology,
 ) -> None:
-    rendered = (multihost_stack.proxy.run_dir / "nginx" / "nginx.conf").read_text()
+    rendered = multihost_stack.proxy.layout.nginx_conf.read_text()
     template = (ROOT / "nginx.conf").read_text()
     assert rendered.count("server notes-app:8000 max_fails=0;") == template.count(
         "server ${APP_UPSTREAM} max_fails=0;"

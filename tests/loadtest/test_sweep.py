@@ -73,8 +73,7 @@ def test_a_lab_sweep_scales_with_workers_up_to_the_knee_the_caps_predict(
     # fifth from one step to the next, and a capped worker's CPU per request grows while other
     # processes keep the machine busy. With three rounds, the 2-worker steps of one run were
     # 1.41, 1.75 and 2.33 times their round's one worker (the medians' ratio 1.75; the 4-worker
-    # steps 3.57 to 3.73):
-    # one noisy step in three moved the median. The medians of five cancel it.
+    # steps 3.57 to 3.73): one noisy step in three moved the median. Five medians cancel it.
     result = sweep(stack, tmp_path, "--workers", "1 2 4 8", "--cpu-per-worker", str(CAP),
                    "--run-time", "10", "--warmup", "4", "--rounds", "5",
                    "--processes", "2")  # fmt: skip

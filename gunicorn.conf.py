@@ -10,14 +10,14 @@ import sys
 from pathlib import Path
 
 from service.config import ConfigurationError, GunicornSettings, load, load_settings
-from service.runtime.layout import RunLayout
+from service.runtime.layout import GunicornLayout
 
 try:
     SETTINGS = load(GunicornSettings)
     APP_SETTINGS = load_settings()
 except ConfigurationError as exc:
     sys.exit(str(exc))
-LAYOUT = RunLayout(SETTINGS.run_dir.resolve())
+LAYOUT = GunicornLayout(SETTINGS.run_dir.resolve())
 # Every process of this master (it, and the workers it forks) writes metrics here; it must be
 # in the environment before prometheus_client is first imported.
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(LAYOUT.metrics_dir)

@@ -178,7 +178,8 @@ class Settings(_FromEnvironment):
 class RunDirSettings(_FromEnvironment):
     """The run directory, read by gunicorn and the native runner.
 
-    Its layout is `service.runtime.layout`.
+    gunicorn's files in it are laid out by `service.runtime.layout`, the rest by
+    `deploy.native.layout`.
     """
 
     run_dir: Path = setting(

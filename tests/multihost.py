@@ -27,8 +27,8 @@ from pathlib import Path
 import psutil
 from sqlalchemy.engine import make_url
 
+from deploy.native.layout import RunLayout
 from deploy.native.processes import read_pid
-from service.runtime.layout import RunLayout
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_CLUSTER = ROOT / "deploy" / "native" / "pg-cluster"

@@ -19,10 +19,10 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import URL, make_url
 
+from deploy.native.layout import RunLayout
 from deploy.native.processes import children
 from deploy.native.state import Stack as NativeStack
 from service.config import StackSettings
-from service.runtime.layout import RunLayout
 from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port
 
 

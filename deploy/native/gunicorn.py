@@ -19,7 +19,7 @@ from deploy.native.processes import (
 from deploy.native.state import Stack
 from service.config import ROOT, ConfigurationError
 from service.runtime.capacity import Budget, BudgetExceededError, check_budget
-from service.runtime.layout import RunLayout
+from service.runtime.layout import GunicornLayout
 
 
 def master(stack: Stack) -> int | None:
@@ -27,7 +27,7 @@ def master(stack: Stack) -> int | None:
     return read_pid(stack.layout.gunicorn_pidfile)
 
 
-def ready_workers(layout: RunLayout, master_pid: int) -> list[int]:
+def ready_workers(layout: GunicornLayout, master_pid: int) -> list[int]:
     """Workers of `master_pid` whose app has started and serves."""
     return [pid for pid in children(master_pid) if layout.ready_marker(pid).exists()]
 

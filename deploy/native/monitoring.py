@@ -22,7 +22,7 @@ DAEMONS = ("prometheus", "nginx-exporter")
 
 def _start_daemon(stack: Stack, name: str, argv: list[str]) -> int:
     """Start a program that writes no pid file of its own, and write one for it."""
-    pid = spawn(stack.layout.logs / f"{name}.log", argv).pid
+    pid = spawn(stack.layout.daemon_log(name), argv).pid
     stack.layout.pidfile(name).write_text(str(pid))
     return pid
 

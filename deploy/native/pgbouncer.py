@@ -22,19 +22,14 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
+from deploy.native.layout import RunLayout
 from deploy.native.processes import fail, log, port_open, read_pid, spawn, stop_process, wait_for
 from deploy.native.state import Stack
 from service.config import Settings, StackSettings, load_settings
-from service.runtime.layout import RunLayout
 
 NAME = "pgbouncer"
 # As root, PgBouncer (which refuses to run as root) drops to this user.
 RUN_AS = "nobody"
-
-
-def directory(stack: Stack) -> Path:
-    """Where its config and auth file live."""
-    return stack.layout.root / "pgbouncer"
 
 
 def pooled_url(stack: Stack, database_url: str) -> str:
@@ -46,7 +41,7 @@ def pooled_url(stack: Stack, database_url: str) -> str:
 
 def config(stack: Stack, database: URL, settings: Settings) -> tuple[str, str]:
     """pgbouncer.ini and its auth file (userlist.txt) for `database`."""
-    here = directory(stack)
+    here = stack.layout.pgbouncer_dir
     name = database.database or "postgres"
     user = database.username or "postgres"
     server = f"host={database.host or '127.0.0.1'} port={database.port or 5432} dbname={name}"
@@ -105,7 +100,7 @@ def start(stack: Stack, database_url: str) -> None:
         )
     if port_open(port, host):
         fail(f"port {port} is taken by another program; set PGBOUNCER_PORT")
-    here = directory(stack)
+    here = stack.layout.pgbouncer_dir
     here.mkdir(parents=True, exist_ok=True)
     ini, userlist = config(stack, database, load_settings())
     (here / "pgbouncer.ini").write_text(ini)
@@ -118,7 +113,7 @@ def start(stack: Stack, database_url: str) -> None:
         for path in (here, here / "pgbouncer.ini", auth_file):
             os.chown(path, account.pw_uid, account.pw_gid)
         argv[1:1] = ["-u", RUN_AS]
-    pid = spawn(stack.layout.logs / f"{NAME}.log", argv).pid
+    pid = spawn(stack.layout.daemon_log(NAME), argv).pid
     pidfile.write_text(str(pid))
     wait_for("PgBouncer", lambda: port_open(port, host), 15)
     log(f"pgbouncer: pid {pid}, {host}:{port}")
@@ -148,8 +143,8 @@ def standalone(database_url: str, port: int) -> Iterator[str]:
     through it."""
     run_dir = Path(tempfile.mkdtemp(prefix="notes-pgbouncer-"))
     run_dir.chmod(0o755)  # it runs as an unprivileged user when started as root
-    (run_dir / "logs").mkdir()
     stack = Stack(RunLayout(run_dir), StackSettings(run_dir=run_dir, pgbouncer_port=port))
+    stack.layout.logs.mkdir()
     start(stack, database_url)
     try:
         yield pooled_url(stack, database_url)

@@ -4,8 +4,8 @@ import json
 import os
 from dataclasses import dataclass
 
+from deploy.native.layout import RunLayout
 from service.config import Settings, StackSettings, load, load_settings
-from service.runtime.layout import RunLayout
 
 
 @dataclass(frozen=True)

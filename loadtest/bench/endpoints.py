@@ -39,7 +39,7 @@ import httpx
 import psutil
 
 from deploy.native import pgbouncer
-from service.runtime.layout import RunLayout
+from service.runtime.layout import GunicornLayout
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -186,7 +186,7 @@ def versions_file(database: str, first: int, last: int) -> str:
 def worker_start_seconds(env: dict[str, str], samples: int = 3) -> list[float]:
     """Seconds from TTIN (the master forks at once) to the new worker's ready marker."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-start-"))
-    layout = RunLayout(run_dir)
+    layout = GunicornLayout(run_dir)
     env = {**env, "RUN_DIR": str(run_dir), "WEB_CONCURRENCY": "1"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     argv = [

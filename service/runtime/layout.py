@@ -1,7 +1,9 @@
-"""Where one stack keeps its runtime files: the only place that spells out the run directory.
+"""Where gunicorn and its workers keep their files in the run directory (RUN_DIR).
 
-gunicorn.conf.py, the native runner, the sweep and the tests all find sockets, pid files,
-ready markers, metrics and logs through this class.
+gunicorn.conf.py finds its socket, pid file, the workers' ready markers and the multiprocess
+metrics through this class, and nothing else spells them. The rest of the run directory
+(logs, nginx, PostgreSQL, Prometheus, the runner's state) belongs to the stack around the app:
+`deploy.native.layout.RunLayout`, which extends this one.
 """
 
 from dataclasses import dataclass
@@ -9,8 +11,8 @@ from pathlib import Path
 
 
 @dataclass(frozen=True, slots=True)
-class RunLayout:
-    """The files of the stack whose run directory is `root` (RUN_DIR)."""
+class GunicornLayout:
+    """The files of the gunicorn master whose run directory is `root` (RUN_DIR)."""
 
     root: Path
 
@@ -25,11 +27,6 @@ class RunLayout:
         return self.root / "gunicorn.pid"
 
     @property
-    def reloading_pidfile(self) -> Path:
-        """The pid of the master a reload started, while the old one still serves."""
-        return self.root / "gunicorn.pid.2"
-
-    @property
     def ready_dir(self) -> Path:
         """One empty file per worker whose app has started and serves, named by its pid."""
         return self.root / "gunicorn" / "ready"
@@ -42,57 +39,3 @@ class RunLayout:
     def metrics_dir(self) -> Path:
         """PROMETHEUS_MULTIPROC_DIR: every worker's metric files, and the dead ones' archive."""
         return self.root / "metrics"
-
-    @property
-    def logs(self) -> Path:
-        """Every process's log file."""
-        return self.root / "logs"
-
-    @property
-    def app_log(self) -> Path:
-        """The app's, uvicorn's and gunicorn's JSON lines."""
-        return self.logs / "app.log"
-
-    @property
-    def nginx_access_log(self) -> Path:
-        """nginx's JSON access log."""
-        return self.logs / "nginx-access.log"
-
-    @property
-    def nginx_error_log(self) -> Path:
-        """nginx's error log."""
-        return self.logs / "nginx-error.log"
-
-    @property
-    def nginx_dir(self) -> Path:
-        """nginx's rendered config, pid file and temporary files."""
-        return self.root / "nginx"
-
-    @property
-    def nginx_conf(self) -> Path:
-        """nginx.conf with native mode's values filled in."""
-        return self.nginx_dir / "nginx.conf"
-
-    @property
-    def nginx_pidfile(self) -> Path:
-        """The nginx master's pid."""
-        return self.nginx_dir / "nginx.pid"
-
-    @property
-    def postgres_dir(self) -> Path:
-        """The private cluster's data directory."""
-        return self.root / "postgres"
-
-    @property
-    def prometheus_dir(self) -> Path:
-        """Prometheus's config links, scrape targets and data."""
-        return self.root / "prometheus"
-
-    @property
-    def state_file(self) -> Path:
-        """What `up` decided (the database URL), for the commands that come after it."""
-        return self.root / "stack.json"
-
-    def pidfile(self, daemon: str) -> Path:
-        """The pid file the runner writes for a daemon that writes none itself."""
-        return self.root / f"{daemon}.pid"

@@ -19,9 +19,9 @@ from sqlalchemy.engine import make_url
 
 from deploy import settings_docs
 from deploy.native import nginx
+from deploy.native.layout import RunLayout
 from deploy.native.state import Stack
 from service.config import ROOT, GunicornSettings, Settings, StackSettings, load_settings
-from service.runtime.layout import RunLayout
 
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"

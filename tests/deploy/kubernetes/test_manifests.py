@@ -24,7 +24,7 @@ from service import health
 from service.config import ROOT, GunicornSettings, Settings
 from service.runtime import capacity
 from service.runtime.capacity import ConnectionBudget
-from service.runtime.layout import RunLayout
+from service.runtime.layout import GunicornLayout
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("small", "production")
@@ -328,8 +328,8 @@ def test_metrics_and_heartbeat_dirs_are_in_memory(objects: tuple[Object, ...]) -
     pod = pod_templates(objects)["app"]
     app = container(pod, "app")
     run_dir = Path(env(app)["RUN_DIR"]["value"])
-    assert _memory_volume_at(pod, app, RunLayout(run_dir).metrics_dir)
-    assert _memory_volume_at(pod, app, RunLayout(run_dir).ready_dir)
+    assert _memory_volume_at(pod, app, GunicornLayout(run_dir).metrics_dir)
+    assert _memory_volume_at(pod, app, GunicornLayout(run_dir).ready_dir)
     worker_tmp_dir = re.search(
         r'^\s*worker_tmp_dir = "([^"]+)"', (ROOT / "gunicorn.conf.py").read_text(), re.MULTILINE
     )

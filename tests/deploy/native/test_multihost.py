@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy.engine import URL, make_url
 
 from deploy.grafana.dashboard import ALL_REQUESTS, REQUESTS_BY_HOST
+from deploy.native.layout import RunLayout
 from deploy.native.processes import alive, read_pid
 from service.config import load_settings
 from tests.deploy.grafana.test_dashboard import PER_WORKER_PANELS, queries, substitute
@@ -309,8 +310,8 @@ def test_a_role_refuses_what_its_host_cannot_serve(
     tmp_path: Path, env: dict[str, str], message: str
 ) -> None:
     assert message in up_refused(tmp_path, env)
-    assert not (tmp_path / "gunicorn.pid").exists()
-    assert not (tmp_path / "nginx" / "nginx.pid").exists()
+    assert not RunLayout(tmp_path).gunicorn_pidfile.exists()
+    assert not RunLayout(tmp_path).nginx_pidfile.exists()
 
 
 def test_pgbouncer_open_to_other_hosts_needs_a_password(tmp_path: Path, database_url: URL) -> None:

@@ -110,7 +110,7 @@ dashboard: install ## Regenerate the Grafana dashboard JSON from deploy/grafana/
 	$(RUN) python -m deploy.grafana.dashboard --check
 
 .PHONY: settings-docs
-settings-docs: install ## Regenerate docs/settings.md and .env.example from service/config.py, then check them
+settings-docs: install ## Regenerate docs/settings.md and .env.example from every settings declaration, then check them
 	$(RUN) python -m deploy.settings_docs
 	$(RUN) python -m deploy.settings_docs --check
 

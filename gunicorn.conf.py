@@ -1,20 +1,21 @@
 """gunicorn: one master and N uvicorn workers; each worker builds its own engine and pool.
 
 This file runs in the master, outside the app. Every knob it reads is declared, with its
-default and the reason for it, in service.config.GunicornSettings; paths come from
-service.runtime.layout.
+default and the reason for it, in service.config (GunicornSettings, and BudgetSettings for the
+connection budget check); paths come from service.runtime.layout.
 """
 
 import os
 import sys
 from pathlib import Path
 
-from service.config import ConfigurationError, GunicornSettings, load, load_settings
+from service.config import BudgetSettings, ConfigurationError, GunicornSettings, load
 from service.runtime.layout import GunicornLayout
 
 try:
     SETTINGS = load(GunicornSettings)
-    APP_SETTINGS = load_settings()
+    # The app's settings as the budget check needs them: with the hosts and PgBouncer's sizes.
+    APP_SETTINGS = load(BudgetSettings)
 except ConfigurationError as exc:
     sys.exit(str(exc))
 LAYOUT = GunicornLayout(SETTINGS.run_dir.resolve())

@@ -1,10 +1,11 @@
-"""docs/settings.md and .env.example, generated from the declarations in service.config.
+"""docs/settings.md and .env.example, generated from every settings declaration of the stack.
 
 python -m deploy.settings_docs           write both
 python -m deploy.settings_docs --check   exit 1, naming the file, if either is stale
 """
 
 import argparse
+import inspect
 import sys
 import textwrap
 from pathlib import Path
@@ -13,22 +14,55 @@ from typing import Any
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
 
-from service.config import ROOT, SETTINGS_CLASSES
+from deploy.compose.settings import ComposeSettings
+from deploy.native.settings import StackSettings
+from service.config import ROOT, BudgetSettings, GunicornSettings, RunDirSettings, Settings
 
+# Every declaration, wherever it lives, in the order the generated files list them; each
+# class's own fields only. A new settings class is one more entry.
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    Settings,
+    BudgetSettings,
+    GunicornSettings,
+    RunDirSettings,
+    StackSettings,
+    ComposeSettings,
+)
 SETTINGS_DOC = ROOT / "docs" / "settings.md"
 ENV_EXAMPLE = ROOT / ".env.example"
 REGENERATE = "python -m deploy.settings_docs"
 WIDTH = 96
 
-ENV_HEADER = f"""\
-# docker compose settings: copy to .env (git-ignored, never committed) and replace every
-# "change-me" before the first `docker compose up`. Compose reads .env twice: for the ${{...}}
-# in docker-compose.yml, and as the environment of the db, migrate and app containers.
-# Generated from service/config.py by `{REGENERATE}`: edit the declarations
-# there, not this file.
-# WEB_CONCURRENCY x (DB_POOL_SIZE + DB_MAX_OVERFLOW) + 5 spare must fit PostgreSQL's
-# max_connections (100, 3 of them reserved), or gunicorn refuses to start.
-"""
+
+def sources() -> list[str]:
+    """The files that declare the settings, in the order their classes are listed."""
+    files = (Path(str(inspect.getsourcefile(cls))).relative_to(ROOT) for cls in SETTINGS_CLASSES)
+    return list(dict.fromkeys(str(path) for path in files))
+
+
+def in_words(items: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return " and ".join([", ".join(items[:-1]), items[-1]] if len(items) > 1 else items)
+
+
+def comment(text: str) -> list[str]:
+    """`text` as wrapped comment lines of .env.example."""
+    return textwrap.wrap(text, WIDTH, initial_indent="# ", subsequent_indent="# ")
+
+
+def env_header() -> list[str]:
+    """What .env.example is, where it comes from, and the one sum it must fit."""
+    paragraphs = (
+        "docker compose settings: copy to .env (git-ignored, never committed) and replace every "
+        '"change-me" before the first `docker compose up`. Compose reads .env twice: for the '
+        "${...} in docker-compose.yml, and as the environment of the db, migrate and app "
+        "containers.",
+        f"Generated from {in_words(sources())} by `{REGENERATE}`: edit the declarations there, "
+        "not this file.",
+        "WEB_CONCURRENCY x (DB_POOL_SIZE + DB_MAX_OVERFLOW) + 5 spare must fit PostgreSQL's "
+        "max_connections (100, 3 of them reserved), or gunicorn refuses to start.",
+    )
+    return [line for paragraph in paragraphs for line in comment(paragraph)]
 
 
 def own_fields(cls: type[BaseSettings]) -> dict[str, FieldInfo]:
@@ -57,13 +91,13 @@ def extra(info: FieldInfo, key: str) -> Any:
 
 def settings_doc() -> str:
     """One table per settings class: variable, default, why."""
-    lines = [
-        "# Settings",
-        "",
-        f"Generated from `service/config.py` by `{REGENERATE}`: every knob of the",
-        "stack, its default, and the reason for it. A bad value stops the process that reads it",
-        "with a message naming the variable; URLs and passwords are never echoed.",
-    ]
+    declared = in_words([f"`{path}`" for path in sources()])
+    intro = (
+        f"Generated from {declared} by `{REGENERATE}`: every knob of the stack, its default, "
+        "and the reason for it. A bad value stops the process that reads it with a message "
+        "naming the variable; URLs and passwords are never echoed."
+    )
+    lines = ["# Settings", "", *textwrap.wrap(intro, WIDTH)]
     for cls in SETTINGS_CLASSES:
         title, _, rest = (cls.__doc__ or cls.__name__).strip().partition("\n\n")
         lines += ["", f"## {' '.join(title.split()).rstrip('.')} (`{cls.__name__}`)"]
@@ -79,7 +113,7 @@ def settings_doc() -> str:
 
 def env_example() -> str:
     """Every per-deployment variable with its example (or default) value and its reason."""
-    lines = [ENV_HEADER.rstrip()]
+    lines = env_header()
     for cls in SETTINGS_CLASSES:
         fields = {
             name: info
@@ -89,16 +123,10 @@ def env_example() -> str:
         if not fields:
             continue
         title = " ".join((cls.__doc__ or cls.__name__).strip().partition("\n\n")[0].split())
-        lines += [
-            "",
-            *textwrap.wrap(f"--- {title}", WIDTH, initial_indent="# ", subsequent_indent="# "),
-        ]
+        lines += ["", *comment(f"--- {title}")]
         for name, info in fields.items():
             value = extra(info, "env_example") or render(info.default)
-            comment = textwrap.wrap(
-                str(info.description), WIDTH, initial_indent="# ", subsequent_indent="# "
-            )
-            lines += [*comment, f"{name.upper()}={value}"]
+            lines += [*comment(str(info.description)), f"{name.upper()}={value}"]
     return "\n".join(lines) + "\n"
 
 
@@ -116,7 +144,7 @@ def main() -> None:
             path.write_text(text)
     if stale:
         names = ", ".join(str(path) for path in stale)
-        sys.exit(f"{names} out of date with service/config.py: run `{REGENERATE}`")
+        sys.exit(f"{names} out of date with {in_words(sources())}: run `{REGENERATE}`")
 
 
 if __name__ == "__main__":

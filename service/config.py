@@ -1,10 +1,14 @@
-"""Every knob of the stack, declared once: typed, with its default and the reason for it.
+"""The settings of the app and of gunicorn's master, declared once: typed, with the default
+and the reason for each.
 
-`Settings` is what the app reads in each worker, `GunicornSettings` what gunicorn.conf.py
-reads in the master, `StackSettings` what the native runner reads, and `ComposeSettings` what
-only docker-compose.yml reads. Each field comes from the upper-case environment variable of
-its name (`db_pool_size` from `DB_POOL_SIZE`). `docs/settings.md` and `.env.example` are
-generated from these declarations (`python -m deploy.settings_docs`), never written by hand.
+`Settings` is what the app reads in each worker, `BudgetSettings` what the connection budget
+check adds to it (in gunicorn's master and the runner, never in a worker), `GunicornSettings`
+what gunicorn.conf.py reads in the master. The stack around the app declares its own the same
+way, with `setting()` on a `FromEnvironment` class: the native runner's in
+`deploy/native/settings.py`, Compose's in `deploy/compose/settings.py`. Each field comes from
+the upper-case environment variable of its name (`db_pool_size` from `DB_POOL_SIZE`).
+`docs/settings.md` and `.env.example` are generated from every declaration
+(`python -m deploy.settings_docs`), never written by hand.
 """
 
 from functools import lru_cache
@@ -19,7 +23,6 @@ LogFormat = Literal["json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Environment = Literal["development", "test", "production"]
 Pooler = Literal["none", "pgbouncer"]
-Role = Literal["all", "database", "app", "proxy"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:55432/notes"
@@ -43,11 +46,13 @@ class ConfigurationError(RuntimeError):
     """The environment holds a value the stack cannot run with."""
 
 
-class _FromEnvironment(BaseSettings):
+class FromEnvironment(BaseSettings):
+    """Settings read from the environment once, then frozen; unknown variables are ignored."""
+
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
 
-class Settings(_FromEnvironment):
+class Settings(FromEnvironment):
     """The app, in every worker process.
 
     The pool numbers are per worker: the whole deployment opens up to
@@ -77,27 +82,6 @@ class Settings(_FromEnvironment):
         "what DATABASE_URL reaches: behind `pgbouncer` (transaction mode, before 1.21) asyncpg "
         "keeps no prepared statements, which another client's server connection would lack; "
         "`none` prepares each statement once per connection",
-    )
-    app_hosts: int = setting(
-        1,
-        "hosts (or pods) that each run this many workers against the same database or "
-        "pooler: the connection budget counts the workers of all of them",
-        ge=1,
-        le=10_000,
-    )
-    pgbouncer_max_client_conn: int = setting(
-        500,
-        "with DB_POOLER=pgbouncer: the client connections PgBouncer accepts, which the "
-        "workers' pools of every host must fit",
-        ge=1,
-        le=100_000,
-    )
-    pgbouncer_pool_size: int = setting(
-        20,
-        "with DB_POOLER=pgbouncer: PgBouncer's connections to PostgreSQL, which every client "
-        "shares; they must fit max_connections",
-        ge=1,
-        le=10_000,
     )
     db_pool_timeout: float = setting(
         10.0, "seconds a request waits for a connection before 503", gt=0, le=300
@@ -175,7 +159,37 @@ class Settings(_FromEnvironment):
         return "database_url" in self.model_fields_set
 
 
-class RunDirSettings(_FromEnvironment):
+class BudgetSettings(Settings):
+    """The connection budget: the app's pools across hosts, and PgBouncer's sizes.
+
+    Read with the app's settings by the budget check in gunicorn's master, `make scale` and
+    `make reload`, and by the runner's PgBouncer; never by a worker.
+    """
+
+    app_hosts: int = setting(
+        1,
+        "hosts (or pods) that each run this many workers against the same database or "
+        "pooler: the connection budget counts the workers of all of them",
+        ge=1,
+        le=10_000,
+    )
+    pgbouncer_max_client_conn: int = setting(
+        500,
+        "with DB_POOLER=pgbouncer: the client connections PgBouncer accepts, which the "
+        "workers' pools of every host must fit",
+        ge=1,
+        le=100_000,
+    )
+    pgbouncer_pool_size: int = setting(
+        20,
+        "with DB_POOLER=pgbouncer: PgBouncer's connections to PostgreSQL, which every client "
+        "shares; they must fit max_connections",
+        ge=1,
+        le=10_000,
+    )
+
+
+class RunDirSettings(FromEnvironment):
     """The run directory, read by gunicorn and the native runner.
 
     gunicorn's files in it are laid out by `service.runtime.layout`, the rest by
@@ -243,90 +257,6 @@ class GunicornSettings(RunDirSettings):
     )
 
 
-class StackSettings(RunDirSettings):
-    """The native runner's ports and roles (`make up` without Docker).
-
-    HTTP_PORT and PROMETHEUS_PORT are the published host ports in compose too.
-    """
-
-    http_port: int = setting(8080, "nginx's public server, on LISTEN_ADDRESS", ge=1, le=65535)
-    ops_port: int = setting(
-        8081,
-        "nginx's ops server (/metrics, /stub_status), 127.0.0.1 only",
-        per_deployment=False,
-        ge=1,
-        le=65535,
-    )
-    postgres_port: int = setting(
-        55432,
-        "the private cluster's port, when DATABASE_URL is not set",
-        per_deployment=False,
-        ge=1,
-        le=65535,
-    )
-    prometheus_port: int = setting(9090, "Prometheus on 127.0.0.1", ge=1, le=65535)
-    pooler: Pooler = setting(
-        "none",
-        "`pgbouncer`: run PgBouncer (transaction mode) between the workers and PostgreSQL "
-        "(`make up POOLER=pgbouncer`); `none`: the workers connect to PostgreSQL",
-        per_deployment=False,
-    )
-    pgbouncer_port: int = setting(
-        56432,
-        "PgBouncer, on LISTEN_ADDRESS, with POOLER=pgbouncer",
-        per_deployment=False,
-        ge=1,
-        le=65535,
-    )
-    nginx_exporter_port: int = setting(
-        9113,
-        "the nginx exporter on 127.0.0.1 (stub_status as metrics)",
-        per_deployment=False,
-        ge=1,
-        le=65535,
-    )
-    stack_role: Role = setting(
-        "all",
-        "what `make up` runs on this host: `all` of it; with several hosts, `database` "
-        "(PgBouncer in front of PostgreSQL, and the migrations), `app` (gunicorn on "
-        "GUNICORN_BIND) or `proxy` (nginx to APP_UPSTREAM, and Prometheus)",
-        per_deployment=False,
-    )
-    listen_address: str = setting(
-        "127.0.0.1",
-        "the address nginx's public server and PgBouncer listen on: this host's own address "
-        "when other hosts connect to it (the ops server and Prometheus stay on 127.0.0.1)",
-        per_deployment=False,
-    )
-    app_upstream: str | None = setting(
-        None,
-        "nginx's upstream: unset, the local gunicorn's socket; `HOST:PORT` for app hosts "
-        "elsewhere, a name that resolves to every app host (as Compose's `app` does)",
-        per_deployment=False,
-    )
-    metrics_targets: str | None = setting(
-        None,
-        "what Prometheus scrapes for the app's metrics: unset, the ops server; with app hosts "
-        "elsewhere, each host's `HOST:PORT` (space-separated), so that each has its own series",
-        per_deployment=False,
-    )
-
-
-class ComposeSettings(_FromEnvironment):
-    """Docker Compose only: the database's first start and Grafana."""
-
-    postgres_user: str = setting("notes", "the database's owner, made on the first start")
-    postgres_password: str = setting(
-        "change-me", "its password: replace before the first start", example="change-me"
-    )
-    postgres_db: str = setting("notes", "the database made on the first start")
-    grafana_port: int = setting(3000, "Grafana on 127.0.0.1", ge=1, le=65535)
-    grafana_admin_user: str = setting("admin", "Grafana's first admin account")
-    grafana_admin_password: str = setting(
-        "change-me", "its password: replace before the first start", example="change-me"
-    )
-
-
 SettingsT = TypeVar("SettingsT", bound=BaseSettings)
 
 
@@ -355,13 +285,3 @@ def load_settings(**overrides: object) -> Settings:
 def get_settings() -> Settings:
     """The process-wide app settings, read on first use."""
     return load_settings()
-
-
-# In the order the generated docs list them; each class's own fields only.
-SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
-    Settings,
-    GunicornSettings,
-    RunDirSettings,
-    StackSettings,
-    ComposeSettings,
-)

@@ -21,8 +21,8 @@ from sqlalchemy.engine import URL, make_url
 
 from deploy.native.layout import RunLayout
 from deploy.native.processes import children
+from deploy.native.settings import StackSettings
 from deploy.native.state import Stack as NativeStack
-from service.config import StackSettings
 from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port
 
 

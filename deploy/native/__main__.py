@@ -8,8 +8,8 @@
     scale N   N workers, live (TTIN/TTOU), after the connection budget check
 
 gunicorn supervises its workers, nginx and PostgreSQL their own processes; this runner only
-starts, signals and waits. Knobs: service.config.StackSettings (RUN_DIR, the ports, and
-STACK_ROLE: all of the stack on this host, or one part of it on one of several hosts),
+starts, signals and waits. Knobs: deploy.native.settings.StackSettings (RUN_DIR, the ports,
+and STACK_ROLE: all of the stack on this host, or one part of it on one of several hosts),
 DATABASE_URL (default: the private cluster), WEB_CONCURRENCY and every app setting.
 """
 

@@ -24,8 +24,9 @@ from sqlalchemy.engine import URL, make_url
 
 from deploy.native.layout import RunLayout
 from deploy.native.processes import fail, log, port_open, read_pid, spawn, stop_process, wait_for
+from deploy.native.settings import StackSettings
 from deploy.native.state import Stack
-from service.config import Settings, StackSettings, load_settings
+from service.config import BudgetSettings, load
 
 NAME = "pgbouncer"
 # As root, PgBouncer (which refuses to run as root) drops to this user.
@@ -39,7 +40,7 @@ def pooled_url(stack: Stack, database_url: str) -> str:
     return pooled.render_as_string(hide_password=False)
 
 
-def config(stack: Stack, database: URL, settings: Settings) -> tuple[str, str]:
+def config(stack: Stack, database: URL, settings: BudgetSettings) -> tuple[str, str]:
     """pgbouncer.ini and its auth file (userlist.txt) for `database`."""
     here = stack.layout.pgbouncer_dir
     name = database.database or "postgres"
@@ -102,7 +103,7 @@ def start(stack: Stack, database_url: str) -> None:
         fail(f"port {port} is taken by another program; set PGBOUNCER_PORT")
     here = stack.layout.pgbouncer_dir
     here.mkdir(parents=True, exist_ok=True)
-    ini, userlist = config(stack, database, load_settings())
+    ini, userlist = config(stack, database, load(BudgetSettings))
     (here / "pgbouncer.ini").write_text(ini)
     auth_file = here / "userlist.txt"
     auth_file.touch(mode=0o600)

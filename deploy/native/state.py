@@ -5,7 +5,8 @@ import os
 from dataclasses import dataclass
 
 from deploy.native.layout import RunLayout
-from service.config import Settings, StackSettings, load, load_settings
+from deploy.native.settings import StackSettings
+from service.config import BudgetSettings, load
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class Stack:
             "DB_POOLER": pooler,
         }
 
-    def app_settings(self) -> Settings:
-        """The settings the workers run with (the budget check's view of the stack)."""
+    def app_settings(self) -> BudgetSettings:
+        """The settings the workers run with, as the budget check sees them."""
         env = self.service_env()
-        return load_settings(database_url=env["DATABASE_URL"], db_pooler=env["DB_POOLER"])
+        return load(BudgetSettings, database_url=env["DATABASE_URL"], db_pooler=env["DB_POOLER"])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from service.config import Settings, load_settings
+from service.config import BudgetSettings, Settings, load
 from service.runtime.cgroups import cpu_limit
 
 # Connections kept free beside the workers' pools: one for a migration run, the rest for an
@@ -157,7 +157,9 @@ async def server_limits(settings: Settings) -> tuple[int, int]:
         await connection.close()
 
 
-def budget_for(settings: Settings, workers: int, max_connections: int, reserved: int) -> Budget:
+def budget_for(
+    settings: BudgetSettings, workers: int, max_connections: int, reserved: int
+) -> Budget:
     """The budget of `workers` per host on `settings.app_hosts` hosts, given PostgreSQL's
     limits."""
     per_worker = settings.db_pool_size + settings.db_max_overflow
@@ -185,14 +187,14 @@ def budget_for(settings: Settings, workers: int, max_connections: int, reserved:
     return Budget((clients, servers))
 
 
-def connection_budget(settings: Settings, workers: int) -> Budget:
+def connection_budget(settings: BudgetSettings, workers: int) -> Budget:
     """The connections `workers` (per host) need, against what the database server allows
     (asked, through the pooler if there is one) and what the pooler accepts."""
     max_connections, reserved = asyncio.run(server_limits(settings))
     return budget_for(settings, workers, max_connections, reserved)
 
 
-def check_budget(settings: Settings, workers: int) -> Budget:
+def check_budget(settings: BudgetSettings, workers: int) -> Budget:
     """Raise BudgetExceededError, with the numbers and the fixes, if `workers` do not fit."""
     budget = connection_budget(settings, workers)
     problem = budget.exceeded()
@@ -213,7 +215,7 @@ def main() -> None:
         print(usable_cpus())
         return
     try:
-        budget = check_budget(load_settings(), args.workers)
+        budget = check_budget(load(BudgetSettings), args.workers)
     except BudgetExceededError as exc:
         sys.exit(str(exc))
     print(f"connection budget ok: {budget.describe()}")

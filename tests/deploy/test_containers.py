@@ -20,8 +20,9 @@ from sqlalchemy.engine import make_url
 from deploy import settings_docs
 from deploy.native import nginx
 from deploy.native.layout import RunLayout
+from deploy.native.settings import StackSettings
 from deploy.native.state import Stack
-from service.config import ROOT, GunicornSettings, Settings, StackSettings, load_settings
+from service.config import ROOT, BudgetSettings, GunicornSettings, Settings, load, load_settings
 
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -661,7 +662,7 @@ def test_the_pooler_override_puts_pgbouncer_between_app_and_db_only() -> None:
         "5432",
     )
     assert set(settings["IGNORE_STARTUP_PARAMETERS"].split(",")) == {"statement_timeout", "jit"}
-    defaults = load_settings()
+    defaults = load(BudgetSettings)
     assert int(settings["MAX_CLIENT_CONN"]) == defaults.pgbouncer_max_client_conn
     assert int(settings["DEFAULT_POOL_SIZE"]) == defaults.pgbouncer_pool_size
     app = override["app"]

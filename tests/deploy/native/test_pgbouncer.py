@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.engine import URL, make_url
 
 from deploy.native import pgbouncer
-from service.config import load_settings
+from service.config import BudgetSettings, load, load_settings
 from service.database.connections import create_database
 from service.runtime.capacity import budget_for
 from tests.postgres import ROOT, asyncpg_dsn, backends, free_port, fresh_database, migrate
@@ -189,7 +189,8 @@ def test_up_refuses_a_pgbouncer_pool_larger_than_the_database_allows(database_ur
 
 
 def test_the_budget_counts_every_host_against_pgbouncer_and_pgbouncer_against_postgres() -> None:
-    settings = load_settings(
+    settings = load(
+        BudgetSettings,
         db_pooler="pgbouncer",
         db_pool_size=5,
         app_hosts=3,
@@ -211,6 +212,8 @@ def test_the_budget_counts_every_host_against_pgbouncer_and_pgbouncer_against_po
     assert "run at most 19 workers in all" in problem
     assert "PGBOUNCER_MAX_CLIENT_CONN" in problem
     # Without a pooler the same workers count against PostgreSQL, and the fix names one.
-    direct = budget_for(load_settings(app_hosts=3), workers=7, max_connections=100, reserved=3)
+    direct = budget_for(
+        load(BudgetSettings, app_hosts=3), workers=7, max_connections=100, reserved=3
+    )
     assert len(direct.parts) == 1
     assert "make up POOLER=pgbouncer" in (direct.exceeded() or "")

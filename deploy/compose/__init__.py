@@ -1,0 +1,1 @@
+"""Docker Compose: the pooler override file, and the settings only Compose reads."""

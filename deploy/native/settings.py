@@ -1,0 +1,80 @@
+"""The native runner's settings (`python -m deploy.native`, `make up` without Docker).
+
+Declared like the app's (service.config), listed with them in docs/settings.md; no worker and
+nothing in the image reads them.
+"""
+
+from typing import Literal
+
+from service.config import Pooler, RunDirSettings, setting
+
+Role = Literal["all", "database", "app", "proxy"]
+
+
+class StackSettings(RunDirSettings):
+    """The native runner's ports and roles (`make up` without Docker).
+
+    HTTP_PORT and PROMETHEUS_PORT are the published host ports in compose too.
+    """
+
+    http_port: int = setting(8080, "nginx's public server, on LISTEN_ADDRESS", ge=1, le=65535)
+    ops_port: int = setting(
+        8081,
+        "nginx's ops server (/metrics, /stub_status), 127.0.0.1 only",
+        per_deployment=False,
+        ge=1,
+        le=65535,
+    )
+    postgres_port: int = setting(
+        55432,
+        "the private cluster's port, when DATABASE_URL is not set",
+        per_deployment=False,
+        ge=1,
+        le=65535,
+    )
+    prometheus_port: int = setting(9090, "Prometheus on 127.0.0.1", ge=1, le=65535)
+    pooler: Pooler = setting(
+        "none",
+        "`pgbouncer`: run PgBouncer (transaction mode) between the workers and PostgreSQL "
+        "(`make up POOLER=pgbouncer`); `none`: the workers connect to PostgreSQL",
+        per_deployment=False,
+    )
+    pgbouncer_port: int = setting(
+        56432,
+        "PgBouncer, on LISTEN_ADDRESS, with POOLER=pgbouncer",
+        per_deployment=False,
+        ge=1,
+        le=65535,
+    )
+    nginx_exporter_port: int = setting(
+        9113,
+        "the nginx exporter on 127.0.0.1 (stub_status as metrics)",
+        per_deployment=False,
+        ge=1,
+        le=65535,
+    )
+    stack_role: Role = setting(
+        "all",
+        "what `make up` runs on this host: `all` of it; with several hosts, `database` "
+        "(PgBouncer in front of PostgreSQL, and the migrations), `app` (gunicorn on "
+        "GUNICORN_BIND) or `proxy` (nginx to APP_UPSTREAM, and Prometheus)",
+        per_deployment=False,
+    )
+    listen_address: str = setting(
+        "127.0.0.1",
+        "the address nginx's public server and PgBouncer listen on: this host's own address "
+        "when other hosts connect to it (the ops server and Prometheus stay on 127.0.0.1)",
+        per_deployment=False,
+    )
+    app_upstream: str | None = setting(
+        None,
+        "nginx's upstream: unset, the local gunicorn's socket; `HOST:PORT` for app hosts "
+        "elsewhere, a name that resolves to every app host (as Compose's `app` does)",
+        per_deployment=False,
+    )
+    metrics_targets: str | None = setting(
+        None,
+        "what Prometheus scrapes for the app's metrics: unset, the ops server; with app hosts "
+        "elsewhere, each host's `HOST:PORT` (space-separated), so that each has its own series",
+        per_deployment=False,
+    )

@@ -30,7 +30,7 @@ from deploy.native.processes import (
     read_pid,
     run_helper,
 )
-from deploy.native.state import Stack
+from deploy.native.state import Stack, StackState, StateFileError
 from service.config import GunicornSettings, load, load_settings
 from service.runtime.capacity import default_workers
 
@@ -44,16 +44,13 @@ def up(stack: Stack) -> None:
     if role in ("all", "proxy"):
         run_helper("install-deps", "nginx", "prometheus")
 
-    running = gunicorn.master(stack)
-    if role == "all":
-        _database(stack, stack.saved() if running else {})
-    elif role == "database":
-        _database(stack, stack.saved() if read_pid(layout.pidfile(pgbouncer.NAME)) else {})
+    if role in ("all", "database"):
+        _database(stack)
     elif role == "app":
         _remote_database(stack)
 
     if role in ("all", "app"):
-        _gunicorn(stack, running)
+        _gunicorn(stack)
     if role in ("all", "proxy"):
         if role == "proxy" and not stack.settings.app_upstream:
             fail("a proxy host needs its app hosts: set APP_UPSTREAM=<name of every app host>:8000")
@@ -69,8 +66,9 @@ def up(stack: Stack) -> None:
         print(f"  {name:<11} {url}")
 
 
-def _gunicorn(stack: Stack, running: int | None) -> None:
+def _gunicorn(stack: Stack) -> None:
     """gunicorn and its workers, unless they run."""
+    running = gunicorn.master(stack)
     if running:
         log(f"gunicorn: already running (master {running})")
         return
@@ -94,9 +92,8 @@ def _remote_database(stack: Stack) -> None:
     if not bind or bind.startswith("unix:"):
         fail("an app host serves the proxy host: set GUNICORN_BIND=<this host's address>:8000")
     url = settings.sqlalchemy_url
-    pooler = stack.settings.pooler
     # The URL is PgBouncer's own when it is on the database host: the workers use it as is.
-    stack.save({"database_url": url, "pooler": pooler, "pooled_url": url})
+    stack.save(StackState(database_url=url, pooler=stack.settings.pooler, pooled_url=url))
 
 
 def _readiness_url(stack: Stack) -> str | None:
@@ -123,32 +120,40 @@ def _urls(stack: Stack) -> list[tuple[str, str]]:
         ]
     elif role == "app":
         urls[:0] = [("readyz", str(_readiness_url(stack)))]
-    elif role == "database" and stack.saved().get("pooler") == "pgbouncer":
+    elif role == "database" and _pooled(stack.saved()):
         settings = stack.settings
         urls[:0] = [("pgbouncer", f"{settings.listen_address}:{settings.pgbouncer_port}")]
     return urls
 
 
-def _database(stack: Stack, state: dict[str, str]) -> None:
+def _pooled(state: StackState | None) -> bool:
+    return state is not None and state.pooler == "pgbouncer"
+
+
+def _database(stack: Stack) -> None:
     """The database (DATABASE_URL, or the private cluster started), migrated, and PgBouncer in
-    front of it with POOLER=pgbouncer. A running stack keeps what it was started with."""
+    front of it with POOLER=pgbouncer. While a process started with the saved database runs,
+    `up` keeps it."""
     pooler = stack.settings.pooler
-    if not state:
+    in_use = gunicorn.master(stack) or read_pid(stack.layout.pidfile(pgbouncer.NAME))
+    state = stack.saved() if in_use else None
+    if state is None:
         state = postgres.ensure_database(stack)
-        state["pooler"] = pooler
         if pooler == "pgbouncer":
-            state["pooled_url"] = pgbouncer.pooled_url(stack, state["database_url"])
+            state = state.through(pooler, pgbouncer.pooled_url(stack, state.database_url))
         stack.save(state)
     else:
-        ran_with = state.get("pooler") or "none"
-        if "pooler" in stack.settings.model_fields_set and pooler != ran_with:
-            fail(f"the stack runs with POOLER={ran_with}: make down, then make up POOLER={pooler}")
-        if state.get("private_postgres"):
+        if "pooler" in stack.settings.model_fields_set and pooler != state.pooler:
+            fail(
+                f"the stack runs with POOLER={state.pooler}: make down, then make up "
+                f"POOLER={pooler}"
+            )
+        if state.private_postgres:
             postgres.start_private(stack)
     postgres.migrate(stack.migration_env())
-    if state.get("pooler") == "pgbouncer":
+    if _pooled(state):
         run_helper("install-deps", "pgbouncer")
-        pgbouncer.start(stack, state["database_url"])
+        pgbouncer.start(stack, state.database_url)
 
 
 def _eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
@@ -162,12 +167,18 @@ def _eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
 
 def down(stack: Stack) -> None:
     """Stop Prometheus, nginx, gunicorn and the private cluster; check every port is free."""
-    state = stack.saved()
+    try:
+        state = stack.saved()
+    except StateFileError as exc:
+        # Stop everything all the same: down is the way out of a state file gone bad.
+        log(f"{exc}; stopping whatever runs")
+        state = None
     monitoring.stop(stack)
     nginx.stop(stack)
     gunicorn.stop(stack)
     pgbouncer.stop(stack)
-    if state.get("private_postgres") or (stack.layout.postgres_dir / "postmaster.pid").exists():
+    private = state is not None and state.private_postgres
+    if private or (stack.layout.postgres_dir / "postmaster.pid").exists():
         postgres.stop_private(stack)
         log("postgres: stopped")
     stack.layout.state_file.unlink(missing_ok=True)
@@ -179,7 +190,7 @@ def down(stack: Stack) -> None:
         (local, settings.prometheus_port),
         (local, settings.nginx_exporter_port),
     ]
-    if state.get("pooler") == "pgbouncer" and settings.stack_role != "app":
+    if _pooled(state) and settings.stack_role != "app":
         ports.append((listen, settings.pgbouncer_port))
     busy = [f"{host}:{port}" for host, port in ports if port_open(port, host)]
     if busy:
@@ -193,10 +204,10 @@ def status(stack: Stack) -> None:
     state = stack.saved()
     if stack.settings.stack_role != "all":
         print(f"role      {stack.settings.stack_role}")
-    private = state.get("private_postgres")
+    private = state is not None and state.private_postgres
     print(f"postgres  {'private cluster' if private else ('DATABASE_URL' if state else 'unknown')}")
-    if state.get("pooler") == "pgbouncer":
-        bouncer = read_pid(stack.layout.pidfile(pgbouncer.NAME))
+    bouncer = read_pid(stack.layout.pidfile(pgbouncer.NAME))
+    if _pooled(state):
         print(f"pgbouncer {'pid ' + str(bouncer) if bouncer else 'stopped'}")
     master = gunicorn.master(stack)
     if master:
@@ -215,12 +226,11 @@ def status(stack: Stack) -> None:
     ready_status = http_status(readyz) if readyz else None
     if readyz:
         print(f"readyz    {ready_status or 'no answer'} ({readyz})")
-    pooled = state.get("pooler") == "pgbouncer"
     serving = {
         "all": bool(master and nginx_pid and ready_status == 200),
         "app": bool(master and ready_status == 200),
         "proxy": bool(nginx_pid and ready_status == 200),
-        "database": bool(state and (not pooled or read_pid(stack.layout.pidfile(pgbouncer.NAME)))),
+        "database": state is not None and (not _pooled(state) or bool(bouncer)),
     }
     if not serving[role]:
         sys.exit(3)

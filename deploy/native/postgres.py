@@ -7,22 +7,22 @@ import sys
 import asyncpg
 
 from deploy.native.processes import fail, log, run_helper
-from deploy.native.state import Stack
+from deploy.native.state import Stack, StackState
 from service.config import ROOT, load_settings
 
 
-def ensure_database(stack: Stack) -> dict[str, str]:
+def ensure_database(stack: Stack) -> StackState:
     """Use DATABASE_URL, or start the private cluster; return what to remember."""
     settings = load_settings()
     if settings.database_url_is_explicit:
         log("database: DATABASE_URL")
-        return {"database_url": settings.sqlalchemy_url, "private_postgres": ""}
+        return StackState(database_url=settings.sqlalchemy_url, private_postgres=False)
     run_helper("install-deps", "postgres")
     start_private(stack)
     port = stack.settings.postgres_port
     asyncio.run(create_database(f"postgresql://postgres@127.0.0.1:{port}/postgres", "notes"))
     url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/notes"
-    return {"database_url": url, "private_postgres": "1"}
+    return StackState(database_url=url, private_postgres=True)
 
 
 async def create_database(admin_dsn: str, name: str) -> None:

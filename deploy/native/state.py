@@ -1,12 +1,87 @@
-"""One native stack: where its files are, its ports, and what `up` decided for the rest."""
+"""One native stack: where its files are, its settings and role, and what `up` decided for the
+commands that come after it (`StackState`, saved as JSON in the run directory)."""
 
-import json
 import os
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Strict,
+    ValidationError,
+    model_validator,
+)
 
 from deploy.native.layout import RunLayout
+from deploy.native.processes import StackError, fail
 from deploy.native.settings import StackSettings
-from service.config import BudgetSettings, load
+from service.config import BudgetSettings, Pooler, load
+
+
+class StateFileError(StackError):
+    """The saved state is not one this runner can read."""
+
+
+def _older_boolean(value: object) -> object:
+    """An older runner saved every value as a string, its booleans as "1" and ""."""
+    return {"1": True, "": False}.get(value, value) if isinstance(value, str) else value
+
+
+SavedBoolean = Annotated[bool, BeforeValidator(_older_boolean), Strict()]
+
+
+class StackState(BaseModel):
+    """What `up` decided: the database, whether it is the private cluster, and the pooler in
+    front of it with the URL the workers use instead. Saved as JSON by `Stack.save`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Straight to PostgreSQL: the migrations' URL (their advisory lock needs a session).
+    database_url: str
+    # Whether that is the private cluster in the run dir, which `up` restarts and `down` stops.
+    private_postgres: SavedBoolean = False
+    pooler: Pooler = "none"
+    # The URL that reaches the database through the pooler, when there is one.
+    pooled_url: str | None = None
+
+    @model_validator(mode="after")
+    def _pooler_has_its_url(self) -> "StackState":
+        if self.pooler != "none" and self.pooled_url is None:
+            msg = f"pooler {self.pooler} without its pooled_url"
+            raise ValueError(msg)
+        return self
+
+    def through(self, pooler: Pooler, pooled_url: str) -> "StackState":
+        """The same database, reached by the workers through `pooler` at `pooled_url`."""
+        return self.model_copy(update={"pooler": pooler, "pooled_url": pooled_url})
+
+    @property
+    def workers_url(self) -> str:
+        """The URL the workers use: the pooler's, if there is one."""
+        if self.pooler == "none" or self.pooled_url is None:
+            return self.database_url
+        return self.pooled_url
+
+    def to_json(self) -> str:
+        """The state as the file holds it."""
+        return self.model_dump_json(indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> "StackState":
+        """The state `to_json` wrote, or an older runner's; StateFileError saying what is wrong
+        otherwise."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            problems = (
+                f"{'.'.join(map(str, error['loc'])) or 'the file'}: {error['msg']}"
+                for error in exc.errors(include_url=False)
+            )
+            raise StateFileError("; ".join(problems)) from None
 
 
 @dataclass(frozen=True)
@@ -37,37 +112,60 @@ class Stack:
         """Prometheus."""
         return f"http://127.0.0.1:{self.settings.prometheus_port}"
 
-    def saved(self) -> dict[str, str]:
-        """What `up` decided: the database URL, whether the cluster is the private one, and
-        the pooler in front of it with the URL the workers use instead."""
+    def saved(self) -> StackState | None:
+        """What `up` decided, or None before it has (or after `down`); StateFileError, naming
+        the file, if it holds something else."""
+        path = self.layout.state_file
         try:
-            state: dict[str, str] = json.loads(self.layout.state_file.read_text())
-        except (OSError, ValueError):
-            return {}
-        return state
+            text = path.read_text()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            msg = f"{path}: cannot read the saved state: {exc}"
+            raise StateFileError(msg) from None
+        try:
+            return StackState.from_json(text)
+        except StateFileError as exc:
+            msg = f"{path} is not a state this runner saved: {exc}. make down, then make up"
+            raise StateFileError(msg) from None
 
-    def save(self, state: dict[str, str]) -> None:
-        """Remember what `up` decided."""
-        self.layout.state_file.write_text(json.dumps(state))
+    def save(self, state: StackState) -> None:
+        """Remember what `up` decided: readable by this user only, since the URLs may hold a
+        password, and replaced whole, so that a reader never sees half of it."""
+        path = self.layout.state_file
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        try:
+            with os.fdopen(descriptor, "w") as file:  # mkstemp made it 0600
+                file.write(state.to_json())
+            Path(temporary).replace(path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+    def state(self) -> StackState:
+        """What `up` decided; fail if it has not run."""
+        state = self.saved()
+        if state is None:
+            fail(f"no saved state in {self.layout.state_file}: make up first")
+        return state
 
     def service_env(self) -> dict[str, str]:
         """The environment gunicorn runs with: through the pooler, if there is one."""
-        return self._env(pooled=True)
+        state = self.state()
+        return self._env(state, state.workers_url)
 
     def migration_env(self) -> dict[str, str]:
         """The environment Alembic runs with: straight to PostgreSQL, whose session advisory
         lock keeps two migrations from racing (a transaction pooler would not hold it)."""
-        return self._env(pooled=False)
+        state = self.state()
+        return self._env(state, state.database_url)
 
-    def _env(self, *, pooled: bool) -> dict[str, str]:
-        state = self.saved()
-        pooler = state.get("pooler") or "none"
-        through_pooler = pooled and pooler != "none"
+    def _env(self, state: StackState, database_url: str) -> dict[str, str]:
         return {
             **os.environ,
             "RUN_DIR": str(self.layout.root),
-            "DATABASE_URL": state["pooled_url" if through_pooler else "database_url"],
-            "DB_POOLER": pooler,
+            "DATABASE_URL": database_url,
+            "DB_POOLER": state.pooler,
         }
 
     def app_settings(self) -> BudgetSettings:

@@ -9,8 +9,9 @@
 
 gunicorn supervises its workers, nginx and PostgreSQL their own processes; this runner only
 starts, signals and waits. Knobs: deploy.native.settings.StackSettings (RUN_DIR, the ports,
-and STACK_ROLE: all of the stack on this host, or one part of it on one of several hosts),
-DATABASE_URL (default: the private cluster), WEB_CONCURRENCY and every app setting.
+and STACK_ROLE: all of the stack on this host, or some of its parts on one of several hosts,
+as deploy.native.roles lays out), DATABASE_URL (default: the private cluster),
+WEB_CONCURRENCY and every app setting.
 """
 
 import argparse
@@ -18,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from typing import assert_never
 
 from deploy.native import gunicorn, monitoring, nginx, pgbouncer, postgres
 from deploy.native.processes import (
@@ -30,6 +32,7 @@ from deploy.native.processes import (
     read_pid,
     run_helper,
 )
+from deploy.native.roles import Part
 from deploy.native.state import Stack, StackState, StateFileError
 from service.config import GunicornSettings, load, load_settings
 from service.runtime.capacity import default_workers
@@ -37,27 +40,14 @@ from service.runtime.capacity import default_workers
 
 def up(stack: Stack) -> None:
     """Start whatever of this host's part is not running; return once it answers."""
+    _refuse_what_this_host_cannot_serve(stack)
     layout = stack.layout
-    role = stack.settings.stack_role
     for directory in (layout.logs, layout.nginx_dir, layout.ready_dir):
         directory.mkdir(parents=True, exist_ok=True)
-    if role in ("all", "proxy"):
+    if stack.role.runs(Part.PROXY):
         run_helper("install-deps", "nginx", "prometheus")
-
-    if role in ("all", "database"):
-        _database(stack)
-    elif role == "app":
-        _remote_database(stack)
-
-    if role in ("all", "app"):
-        _gunicorn(stack)
-    if role in ("all", "proxy"):
-        if role == "proxy" and not stack.settings.app_upstream:
-            fail("a proxy host needs its app hosts: set APP_UPSTREAM=<name of every app host>:8000")
-        nginx.start(stack)
-        monitoring.start_exporter(stack)
-        monitoring.start_prometheus(stack)
-
+    for part in stack.role.parts:
+        _start(stack, part)
     ready = _readiness_url(stack)
     if ready and not _eventually(lambda: http_status(ready) == 200):
         fail(f"{ready} did not answer 200 within 60s")
@@ -66,13 +56,44 @@ def up(stack: Stack) -> None:
         print(f"  {name:<11} {url}")
 
 
+def _refuse_what_this_host_cannot_serve(stack: Stack) -> None:
+    """Before anything starts: what a partial role needs from the hosts of the other parts."""
+    role = stack.role
+    if role.runs(Part.APP) and not role.runs(Part.DATABASE):
+        if not load_settings().database_url_is_explicit:
+            fail("an app host needs DATABASE_URL: the database host's PgBouncer (POOLER=pgbouncer)")
+        bind = load(GunicornSettings).gunicorn_bind
+        if not bind or bind.startswith("unix:"):
+            fail("an app host serves the proxy host: set GUNICORN_BIND=<this host's address>:8000")
+    if role.runs(Part.PROXY) and not role.runs(Part.APP) and not stack.settings.app_upstream:
+        fail("a proxy host needs its app hosts: set APP_UPSTREAM=<name of every app host>:8000")
+
+
+def _start(stack: Stack, part: Part) -> None:
+    """Start one part of the stack on this host, unless it runs."""
+    match part:
+        case Part.DATABASE:
+            _database(stack)
+        case Part.APP:
+            if not stack.role.runs(Part.DATABASE):
+                _remote_database(stack)
+            _gunicorn(stack)
+        case Part.PROXY:
+            nginx.start(stack)
+            monitoring.start_exporter(stack)
+            monitoring.start_prometheus(stack)
+        case _:
+            assert_never(part)
+
+
 def _gunicorn(stack: Stack) -> None:
     """gunicorn and its workers, unless they run."""
     running = gunicorn.master(stack)
     if running:
         log(f"gunicorn: already running (master {running})")
         return
-    if stack.settings.stack_role == "all":
+    if stack.role.runs(Part.PROXY):
+        # nginx starts next on these ports: say so before the workers take their time.
         for port in (stack.settings.http_port, stack.settings.ops_port):
             if port_open(port) and not nginx.pid(stack):
                 fail(f"port {port} is taken by another program; set HTTP_PORT/OPS_PORT")
@@ -84,14 +105,8 @@ def _gunicorn(stack: Stack) -> None:
 
 def _remote_database(stack: Stack) -> None:
     """An app host: the database (PgBouncer with POOLER=pgbouncer) is on another host, named
-    by DATABASE_URL, and gunicorn must listen where the proxy host can reach it."""
-    settings = load_settings()
-    if not settings.database_url_is_explicit:
-        fail("an app host needs DATABASE_URL: the database host's PgBouncer (POOLER=pgbouncer)")
-    bind = load(GunicornSettings).gunicorn_bind
-    if not bind or bind.startswith("unix:"):
-        fail("an app host serves the proxy host: set GUNICORN_BIND=<this host's address>:8000")
-    url = settings.sqlalchemy_url
+    by DATABASE_URL."""
+    url = load_settings().sqlalchemy_url
     # The URL is PgBouncer's own when it is on the database host: the workers use it as is.
     stack.save(StackState(database_url=url, pooler=stack.settings.pooler, pooled_url=url))
 
@@ -99,31 +114,42 @@ def _remote_database(stack: Stack) -> None:
 def _readiness_url(stack: Stack) -> str | None:
     """What answers 200 once this host's part serves: /readyz through nginx, or gunicorn's
     own on an app host; None on the database host (its start waits for PgBouncer)."""
-    role = stack.settings.stack_role
-    if role == "app":
-        host, _, port = str(load(GunicornSettings).gunicorn_bind).rpartition(":")
-        return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/readyz"  # noqa: S104
-    return None if role == "database" else f"{stack.public_url}/readyz"
+    front = stack.role.front
+    match front:
+        case Part.PROXY:
+            return f"{stack.public_url}/readyz"
+        case Part.APP:
+            host, _, port = str(load(GunicornSettings).gunicorn_bind).rpartition(":")
+            return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/readyz"  # noqa: S104
+        case Part.DATABASE:
+            return None
+        case _:
+            assert_never(front)
 
 
 def _urls(stack: Stack) -> list[tuple[str, str]]:
     """What this host serves, for the person at the terminal."""
-    role = stack.settings.stack_role
-    urls = [("logs", f"{stack.layout.logs}/")]
-    if role in ("all", "proxy"):
-        urls[:0] = [
-            ("API", f"{stack.public_url}/api/v1/notes"),
-            ("docs", f"{stack.public_url}/docs"),
-            ("metrics", f"{stack.ops_url}/metrics"),
-            ("nginx", f"{stack.ops_url}/stub_status"),
-            ("prometheus", stack.prometheus_url),
-        ]
-    elif role == "app":
-        urls[:0] = [("readyz", str(_readiness_url(stack)))]
-    elif role == "database" and _pooled(stack.saved()):
-        settings = stack.settings
-        urls[:0] = [("pgbouncer", f"{settings.listen_address}:{settings.pgbouncer_port}")]
-    return urls
+    front = stack.role.front
+    urls: list[tuple[str, str]]
+    match front:
+        case Part.PROXY:
+            urls = [
+                ("API", f"{stack.public_url}/api/v1/notes"),
+                ("docs", f"{stack.public_url}/docs"),
+                ("metrics", f"{stack.ops_url}/metrics"),
+                ("nginx", f"{stack.ops_url}/stub_status"),
+                ("prometheus", stack.prometheus_url),
+            ]
+        case Part.APP:
+            urls = [("readyz", str(_readiness_url(stack)))]
+        case Part.DATABASE:
+            state = stack.saved()
+            settings = stack.settings
+            pgbouncer_address = f"{settings.listen_address}:{settings.pgbouncer_port}"
+            urls = [("pgbouncer", pgbouncer_address)] if _pooled(state) else []
+        case _:
+            assert_never(front)
+    return [*urls, ("logs", f"{stack.layout.logs}/")]
 
 
 def _pooled(state: StackState | None) -> bool:
@@ -190,7 +216,7 @@ def down(stack: Stack) -> None:
         (local, settings.prometheus_port),
         (local, settings.nginx_exporter_port),
     ]
-    if _pooled(state) and settings.stack_role != "app":
+    if _pooled(state) and stack.role.runs(Part.DATABASE):
         ports.append((listen, settings.pgbouncer_port))
     busy = [f"{host}:{port}" for host, port in ports if port_open(port, host)]
     if busy:
@@ -202,8 +228,9 @@ def status(stack: Stack) -> None:
     """Print each component with its pid and the live worker pids; exit 3 if one of this
     host's part is down."""
     state = stack.saved()
-    if stack.settings.stack_role != "all":
-        print(f"role      {stack.settings.stack_role}")
+    role = stack.role
+    if not role.whole:
+        print(f"role      {role.name}")
     private = state is not None and state.private_postgres
     print(f"postgres  {'private cluster' if private else ('DATABASE_URL' if state else 'unknown')}")
     bouncer = read_pid(stack.layout.pidfile(pgbouncer.NAME))
@@ -221,18 +248,24 @@ def status(stack: Stack) -> None:
     for name in monitoring.DAEMONS:
         daemon = read_pid(stack.layout.pidfile(name))
         print(f"{name:<15} {'pid ' + str(daemon) if daemon else 'stopped'}")
-    role = stack.settings.stack_role
     readyz = _readiness_url(stack)
     ready_status = http_status(readyz) if readyz else None
     if readyz:
         print(f"readyz    {ready_status or 'no answer'} ({readyz})")
-    serving = {
-        "all": bool(master and nginx_pid and ready_status == 200),
-        "app": bool(master and ready_status == 200),
-        "proxy": bool(nginx_pid and ready_status == 200),
-        "database": state is not None and (not _pooled(state) or bool(bouncer)),
-    }
-    if not serving[role]:
+
+    def running(part: Part) -> bool:
+        match part:
+            case Part.DATABASE:
+                return state is not None and (not _pooled(state) or bool(bouncer))
+            case Part.APP:
+                return bool(master)
+            case Part.PROXY:
+                return bool(nginx_pid)
+            case _:
+                assert_never(part)
+
+    # Every part of this host runs, and its front answers (the database host's has no URL).
+    if not all(map(running, role.parts)) or (readyz and ready_status != 200):
         sys.exit(3)
 
 
@@ -246,17 +279,17 @@ def logs(stack: Stack) -> None:
 
 def reload(stack: Stack) -> None:
     """New code and config with zero failed requests (on a proxy host: nginx's config)."""
-    role = stack.settings.stack_role
-    if role == "database":
-        fail("nothing to reload on the database host: reload the app hosts one by one")
-    serves = role in ("all", "app")
+    role = stack.role
+    serves, proxies = role.runs(Part.APP), role.runs(Part.PROXY)
+    if not serves and not proxies:
+        fail(f"nothing to reload on the {role.name} host: reload the app hosts one by one")
     if serves:
         master = gunicorn.master(stack)
         if not master:
             fail("gunicorn is not running: make up first")
         # Old and new workers overlap until the old ones drain: both sets of pools must fit.
         gunicorn.budget_check(stack, 2 * len(children(master)))
-    if role in ("all", "proxy"):
+    if proxies:
         nginx.reload_if_changed(stack)
     if serves:
         gunicorn.reload(stack)

@@ -4,11 +4,12 @@ Declared like the app's (service.config), listed with them in docs/settings.md; 
 nothing in the image reads them.
 """
 
-from typing import Literal
+from typing import Annotated
 
+from pydantic import AfterValidator
+
+from deploy.native.roles import known_role, roles_help
 from service.config import Pooler, RunDirSettings, setting
-
-Role = Literal["all", "database", "app", "proxy"]
 
 
 class StackSettings(RunDirSettings):
@@ -53,12 +54,9 @@ class StackSettings(RunDirSettings):
         ge=1,
         le=65535,
     )
-    stack_role: Role = setting(
-        "all",
-        "what `make up` runs on this host: `all` of it; with several hosts, `database` "
-        "(PgBouncer in front of PostgreSQL, and the migrations), `app` (gunicorn on "
-        "GUNICORN_BIND) or `proxy` (nginx to APP_UPSTREAM, and Prometheus)",
-        per_deployment=False,
+    # Any role of ROLES; its description lists them, from the same table.
+    stack_role: Annotated[str, AfterValidator(known_role)] = setting(
+        "all", roles_help(), per_deployment=False
     )
     listen_address: str = setting(
         "127.0.0.1",

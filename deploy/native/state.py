@@ -18,6 +18,7 @@ from pydantic import (
 
 from deploy.native.layout import RunLayout
 from deploy.native.processes import StackError, fail
+from deploy.native.roles import ROLES, HostRole
 from deploy.native.settings import StackSettings
 from service.config import BudgetSettings, Pooler, load
 
@@ -96,6 +97,11 @@ class Stack:
         """The stack the environment asks for."""
         settings = load(StackSettings)
         return cls(RunLayout(settings.run_dir.resolve()), settings)
+
+    @property
+    def role(self) -> HostRole:
+        """The parts of the stack this host runs (STACK_ROLE)."""
+        return ROLES[self.settings.stack_role]
 
     @property
     def public_url(self) -> str:

@@ -18,14 +18,14 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
+import orjson
 from fastapi import Depends, Request
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from service.config import Settings
 from service.exceptions import DomainError
@@ -39,9 +39,26 @@ from service.observability.metrics import (
     POOL_WAITING,
 )
 
+# SQLSTATE classes that mean "the database cannot serve this now", not "our bug": connection
+# exceptions, insufficient resources, operator intervention (the statement timeout, 57014, and
+# a server shutting down among them).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
 
 class DatabaseUnavailableError(Exception):
-    """No connection could be had, or the one in use was lost: the database is not serving."""
+    """The database cannot serve now: no connection within the pool timeout or the connect
+    timeout, the connection lost, or PostgreSQL refusing for want of resources, at an
+    operator's word or past the statement timeout. The one exception the rest of the app
+    sees for it (`Database` raises it, from the driver's or the pool's own error); the HTTP
+    edge answers it 503 with Retry-After."""
+
+
+def _unavailable(exc: Exception, driver: asyncpg.Connection) -> bool:
+    """Whether `exc`, raised while `driver` ran a statement, means the database cannot serve
+    now; anything else (a constraint, a parameter the driver cannot encode) is a bug."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "").startswith(_UNAVAILABLE_SQLSTATE_CLASSES)
+    return isinstance(exc, OSError | TimeoutError) or driver.is_closed()
 
 
 @dataclass(slots=True)
@@ -72,7 +89,7 @@ class Database:
         except TimeoutError:
             POOL_TIMEOUTS.inc()
             msg = f"no database connection free within {self.pool_timeout:g}s"
-            raise PoolTimeoutError(msg) from None
+            raise DatabaseUnavailableError(msg) from None
 
     @asynccontextmanager
     async def _checkout(self) -> AsyncIterator[None]:
@@ -117,15 +134,13 @@ class Database:
         except DomainError:
             raise
         except BaseException as exc:
-            # The server closed it (a restart, a crash): not this request's fault.
-            lost = driver.is_closed() and not isinstance(exc, asyncpg.PostgresError)
             # A driver that fails mid-exchange leaves the connection in a state nobody can
             # vouch for: asyncpg sends Parse and Describe, then refuses to encode a parameter
             # and never sends Sync, so the statement timer PostgreSQL armed fires later and
             # cancels an unrelated request's statement. A cancelled statement, a timeout or a
             # lost connection are no better. A reconnect costs a few milliseconds.
             await greenlet_spawn(pooled.invalidate)
-            if lost and isinstance(exc, Exception):
+            if isinstance(exc, Exception) and _unavailable(exc, driver):
                 raise DatabaseUnavailableError(str(exc)) from exc
             raise
         finally:
@@ -191,11 +206,31 @@ def create_database(settings: Settings) -> Database:
         pool_reset_on_return=None,
         connect_args=connect_args,
     )
+    event.listen(engine, "connect", _register_codecs)
     return Database(
         engine=engine,
         capacity=settings.db_pool_size + settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
     )
+
+
+def _register_codecs(dbapi_connection: Any, _record: object) -> None:
+    """On every new connection: jsonb to and from Python objects, with orjson.
+
+    The idempotency store keeps each response's headers as jsonb and passes and reads them as
+    dicts. SQLAlchemy's asyncpg dialect registers a jsonb codec of its own when it connects;
+    the store relies on this one, registered after it, not on the dialect's choice.
+    """
+    driver: asyncpg.Connection = dbapi_connection.driver_connection
+    await_only(
+        driver.set_type_codec(
+            "jsonb", schema="pg_catalog", encoder=_json_text, decoder=orjson.loads, format="text"
+        )
+    )
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _unique_statement_name() -> str:

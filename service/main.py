@@ -72,7 +72,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # hooks would otherwise ask on every request whether a provider is configured.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    for router in (health.router, metrics.router, notes_router):
+    # The API first: FastAPI tries the app's routes in order, and the probes and scrapes are
+    # a few requests a second against thousands.
+    for router in (notes_router, health.router, metrics.router):
         app.include_router(router)
     register_error_handlers(app)
     app.add_middleware(RequestMiddleware, timeout=settings.request_timeout, observer=observer)

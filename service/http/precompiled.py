@@ -1,22 +1,26 @@
-"""A FastAPI route class whose handler validates a simple signature with one precompiled
-validator, and leaves everything else to FastAPI's own handler.
+"""A FastAPI route class that serves a simple signature with a plan precompiled when the
+route is built, and leaves everything else to FastAPI's own handler.
 
 On every request FastAPI's handler solves the dependency graph, validates each parameter with
-an adapter of its own and collects errors one by one: a third of a read's CPU (py-spy under
-wrk, docs/performance.md). Most endpoints need none of that generality. For a route whose
-signature is simple (path, query and header scalars, one JSON body model, the `Request`,
-dependencies that take nothing but the `Request`, and a `Response` returned as it is), the
-handler built here reads the same inputs, validates them all at once with one pydantic model
-compiled when the route is built, runs the same dependencies and calls the endpoint.
+an adapter of its own, collects errors one by one, and wraps the call in two exit stacks and an
+exception guard: a third of a read's CPU (py-spy under wrk, docs/performance.md). Most
+endpoints need none of that generality. For a route whose signature is simple (path, query
+and header scalars, one JSON body model, the `Request`, dependencies that take nothing but the
+`Request`, and a `Response` returned as it is), the plan reads the same inputs, validates them
+all at once with one pydantic model, runs the same dependencies in the same order, calls the
+endpoint and sends its response. Exceptions go to the app's exception handlers, as from
+FastAPI's handler.
 
-What it cannot prove FastAPI would answer alike goes to FastAPI's handler, unread or with the
-body it already read (a `Request` reads its body once and keeps it):
+FastAPI builds a route's handler once for the route and once per inclusion of its router,
+with the dependencies that inclusion adds; a plan is made each time, for that view of the
+route, so a dependency declared on an `APIRouter`, at `include_router` or on the app is part of
+what is checked. What a plan cannot prove FastAPI would answer alike goes to FastAPI, unread or
+with the body replayed:
 
-- a route whose signature is not simple, decided when FastAPI builds the handler, which it does
-  for every inclusion of a router, with the dependencies the inclusion adds: a dependency
-  declared on an `APIRouter`, at `include_router` or on the app is part of what is checked;
-- every request while `app.dependency_overrides` holds an override;
-- a body that is not `Content-Type: application/json`, or not JSON, and any input the validator
+- a route whose signature is not simple, or with a body size limit of its own;
+- every request while `app.dependency_overrides` holds an override, or FastAPI's telemetry is
+  on, and a method the route does not serve (405);
+- a body that is not `Content-Type: application/json`, or not JSON, and any input the model
   refuses: FastAPI then answers 422 in its own words, or whatever its order of work decides
   (dependencies first).
 """
@@ -28,7 +32,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import fastapi.routing
 import orjson
 from fastapi import params
 from fastapi.dependencies.models import Dependant
@@ -36,9 +39,14 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, Json, ValidationError, create_model
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+from service.http.route_views import building_view, serving_view
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
+# Set by FastAPI when its OpenTelemetry hooks are on: its own handler reports to them.
+_TELEMETRY_SCOPE = "fastapi.telemetry"
 _SOURCES = {params.Path: "path_params", params.Query: "query_params", params.Header: "headers"}
 # A Dependant's special parameters that this handler does not provide.
 _UNSUPPORTED_SPECIALS = (
@@ -52,30 +60,60 @@ _NOT_SCALAR = (BaseModel, list, set, frozenset, tuple, dict)
 
 
 class PrecompiledRoute(APIRoute):
-    """An `APIRoute` served by a precompiled validator where its signature allows it."""
+    """An `APIRoute` served by a precompiled plan where its signature allows it."""
+
+    # Each view of the route FastAPI built a handler for (the route itself, and its view in
+    # each inclusion), by id: the view, and its plan or None.
+    _plans: dict[int, tuple[Any, "_Plan | None"]]
 
     def get_route_handler(self) -> Handler:
-        """FastAPI's handler, behind the precompiled one when the signature is simple."""
-        fastapi_handler = super().get_route_handler()
-        route = _effective_route(self)
-        plan = _Plan.of(route.dependant, embedded_body=route._embed_body_fields)
-        if plan is None:
-            return fastapi_handler
-        return plan.handler(fastapi_handler, route.dependency_overrides_provider)
+        """FastAPI's handler, and beside it the plan for the view it is built for."""
+        view = building_view(self)
+        plan = None
+        if getattr(view, "max_body_size", None) is None:
+            plan = _Plan.of(view.dependant, embedded_body=view._embed_body_fields)
+        self.__dict__.setdefault("_plans", {})[id(view)] = (view, plan)
+        return super().get_route_handler()
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request with the plan of the view that matched it, or hand it to FastAPI:
+        when there is no plan, an override is present, the method is not the route's (405),
+        FastAPI's telemetry is on, or the plan cannot take the request's input."""
+        view = serving_view(scope, self)
+        view_plan = self._plans.get(id(view))
+        plan = view_plan[1] if view_plan is not None and view_plan[0] is view else None
+        overrides = getattr(view.dependency_overrides_provider, "dependency_overrides", None)
+        if (
+            plan is None
+            or overrides
+            or scope["method"] not in view.methods
+            or _TELEMETRY_SCOPE in scope
+        ):
+            await super().handle(scope, receive, send)
+            return
+        request = Request(scope, receive, send)
+        values = await plan.values(request)
+        if values is None:
+            if plan.body is not None:
+                receive = _replay(await request.body(), receive)
+            await super().handle(scope, receive, send)
+            return
+        response = await plan.respond(request, values)
+        await response(scope, receive, send)
 
 
-def _effective_route(route: APIRoute) -> Any:
-    """The route as FastAPI builds this handler: with an inclusion's prefix and dependencies.
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body read once already, then whatever else the client sends (a disconnect)."""
+    pending = True
 
-    FastAPI 0.16x builds an included route's handler once per inclusion and hands it that
-    inclusion's view of the route in a ContextVar, which its own `get_route_handler` reads;
-    a route that is not included is its own view.
-    """
-    context_var = getattr(fastapi.routing, "_effective_route_context_var", None)
-    context = context_var.get() if context_var is not None else None
-    if context is not None and getattr(context, "original_route", None) is route:
-        return context
-    return route
+    async def replayed() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,25 +192,16 @@ class _Plan:
             values[self.request_param_name] = request
         return values
 
-    def handler(self, fastapi_handler: Handler, overrides_provider: Any) -> Handler:
-        """The request handler: this plan, or FastAPI's handler for what the plan cannot take."""
-        call, dependencies = self.call, self.dependencies
-
-        async def handle(request: Request) -> Response:
-            if overrides_provider is not None and overrides_provider.dependency_overrides:
-                return await fastapi_handler(request)
-            values = await self.values(request)
-            if values is None:
-                return await fastapi_handler(request)
-            if dependencies:
-                await _solve(dependencies, request, values)
-            response = await call(**values)
-            if not isinstance(response, Response):
-                msg = f"{call.__qualname__} is annotated to return a Response, not {response!r}"
-                raise TypeError(msg)
-            return response
-
-        return handle
+    async def respond(self, request: Request, values: dict[str, Any]) -> Response:
+        """Run the dependencies, then the endpoint with `values`, as FastAPI would."""
+        if self.dependencies:
+            await _solve(self.dependencies, request, values)
+        response = await self.call(**values)
+        if not isinstance(response, Response):
+            name = getattr(self.call, "__qualname__", self.call)
+            msg = f"{name} is annotated to return a Response, not {response!r}"
+            raise TypeError(msg)
+        return response
 
 
 def _parameters(dependant: Dependant) -> dict[type[params.Param], list[Any]] | None:

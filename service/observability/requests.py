@@ -20,6 +20,7 @@ from starlette.routing import Mount
 from starlette.types import Scope
 
 from service.config import LogFormat, LogLevel
+from service.http.route_views import serving_view
 from service.observability.metrics import HTTP_DURATION, HTTP_IN_PROGRESS, HTTP_REQUESTS
 
 logger = structlog.get_logger("service.access")
@@ -27,10 +28,6 @@ logger = structlog.get_logger("service.access")
 # The label every path that matches no route shares, so scanners cannot mint new values.
 UNMATCHED_ROUTE = "<unmatched>"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# FastAPI 0.16x serves a route of an included router through a view of it per inclusion, which
-# carries the inclusion's prefixes; scope["route"] is the route as its router declared it.
-_FASTAPI_SCOPE = "fastapi"
-_FASTAPI_ROUTE_VIEW = "effective_route_context"
 
 
 def served_route(scope: Scope, root_path: str = "") -> str:
@@ -48,10 +45,8 @@ def served_route(scope: Scope, root_path: str = "") -> str:
     mounted = scope.get("root_path", "")[len(root_path) :]
     if route is None or isinstance(route, Mount):
         return f"{mounted}/{{path}}" if mounted else UNMATCHED_ROUTE
-    view = scope.get(_FASTAPI_SCOPE, {}).get(_FASTAPI_ROUTE_VIEW)
-    if getattr(view, "original_route", None) is route:
-        route = view
-    template = getattr(route, "path_format", None)
+    # scope["route"] is the route as its router declared it; its view carries the prefixes.
+    template = getattr(serving_view(scope, route), "path_format", None)
     return mounted + template if isinstance(template, str) else UNMATCHED_ROUTE
 
 

@@ -100,6 +100,27 @@ async def get_note(note_id: NoteId, database: DatabaseDep) -> Response:
     return _note_response(await service.get_note(database=database, note_id=note_id))
 
 
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=Note,
+    responses=error_responses(400, 413, 503, created=True),
+)
+async def create_note(
+    note_in: NoteCreate,
+    request: Request,
+    database: DatabaseDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> Response:
+    """Create a note."""
+
+    async def insert(connection: asyncpg.Connection) -> Response:
+        row = await service.create_note(connection=connection, note_in=note_in)
+        return _note_response(row, status_code=status.HTTP_201_CREATED)
+
+    return await _write(database, request, idempotency_key, insert)
+
+
 @router.patch(
     "/{note_id}",
     response_model=Note,
@@ -123,6 +144,21 @@ async def update_note(
         changes=changes.changes(),
         if_match=if_match,
     )
+
+
+@router.get("", response_model=NotePage, responses=error_responses(503))
+async def list_notes(
+    database: DatabaseDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    completed: bool | None = None,
+    cursor: Annotated[Cursor, Query()] = None,
+) -> Response:
+    """List notes in ascending id order, a page at a time."""
+    rows, more = await service.list_notes(
+        database=database, limit=limit, completed=completed, after_id=cursor
+    )
+    next_cursor = encode_cursor(rows[-1]["id"]) if more else None
+    return _json({"items": [_note_body(row) for row in rows], "next_cursor": next_cursor})
 
 
 @router.put(
@@ -191,42 +227,6 @@ async def delete_note(
         return Response(status_code=status.HTTP_204_NO_CONTENT)
 
     return await _write(database, request, idempotency_key, delete)
-
-
-@router.post(
-    "",
-    status_code=status.HTTP_201_CREATED,
-    response_model=Note,
-    responses=error_responses(400, 413, 503, created=True),
-)
-async def create_note(
-    note_in: NoteCreate,
-    request: Request,
-    database: DatabaseDep,
-    idempotency_key: IdempotencyKeyHeader = None,
-) -> Response:
-    """Create a note."""
-
-    async def insert(connection: asyncpg.Connection) -> Response:
-        row = await service.create_note(connection=connection, note_in=note_in)
-        return _note_response(row, status_code=status.HTTP_201_CREATED)
-
-    return await _write(database, request, idempotency_key, insert)
-
-
-@router.get("", response_model=NotePage, responses=error_responses(503))
-async def list_notes(
-    database: DatabaseDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    completed: bool | None = None,
-    cursor: Annotated[Cursor, Query()] = None,
-) -> Response:
-    """List notes in ascending id order, a page at a time."""
-    rows, more = await service.list_notes(
-        database=database, limit=limit, completed=completed, after_id=cursor
-    )
-    next_cursor = encode_cursor(rows[-1]["id"]) if more else None
-    return _json({"items": [_note_body(row) for row in rows], "next_cursor": next_cursor})
 
 
 async def _write(

@@ -8,7 +8,6 @@ from typing import Annotated
 import asyncpg
 from fastapi import APIRouter, Depends, Request, status
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
 
 from service.database.connections import DatabaseDep, DatabaseUnavailableError
 
@@ -71,14 +70,12 @@ async def readyz(
                 current = await connection.fetchval("SELECT version_num FROM alembic_version")
     except asyncpg.UndefinedTableError:
         return _unavailable("schema not migrated: no alembic_version table")
-    except (
-        DatabaseUnavailableError,
-        SQLAlchemyError,
-        asyncpg.PostgresError,
-        OSError,
-        TimeoutError,
-    ):
+    except (DatabaseUnavailableError, TimeoutError):
+        # TimeoutError: this check's own bound, above.
         return _unavailable("database unreachable")
+    except asyncpg.PostgresError as exc:
+        # Reachable, but the check itself is refused (a missing privilege, say): not ready.
+        return _unavailable(f"the readiness check failed: {type(exc).__name__} ({exc.sqlstate})")
     if current not in heads:
         return _unavailable(f"schema at {current}, expected {', '.join(sorted(heads))}")
     return JSONResponse({"status": "ready"})

@@ -10,7 +10,6 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI
-from starlette.routing import BaseRoute
 
 from service import health
 from service.config import Settings, get_settings
@@ -18,7 +17,6 @@ from service.database.connections import create_database
 from service.http.errors import register_error_handlers
 from service.http.middleware import RequestMiddleware
 from service.idempotency import service as idempotency
-from service.notes.direct import DirectRoute, direct_routes
 from service.notes.router import router as notes_router
 from service.observability import metrics
 from service.observability.logging import configure_logging
@@ -27,28 +25,17 @@ from service.observability.requests import RequestObserver
 logger = structlog.get_logger(__name__)
 
 
-ROUTERS = (health.router, metrics.router, notes_router)
-
-
-def route_table(app: FastAPI) -> list[BaseRoute]:
-    """Every documented route with its full template, in matching order: what metrics label
-    by. A direct route is labelled as the documented route it stands in for.
-
-    FastAPI wraps included routers, so the routers' own routes are listed after the app's.
-    """
-    own = [
-        route
-        for route in app.router.routes
-        if isinstance(getattr(route, "path", None), str) and not isinstance(route, DirectRoute)
-    ]
-    return [*own, *(route for router in ROUTERS for route in router.routes)]
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; every resource that opens a socket is made later, in the lifespan."""
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
     schema_heads = health.alembic_heads()
+    observer = RequestObserver(
+        request_metrics=settings.request_metrics,
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        log_format=settings.log_format,
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -60,7 +47,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         try:
             async with (
-                metrics.worker_metrics(app.version, database.sample_pool),
+                metrics.worker_metrics(
+                    app.version, (database.sample_pool, observer.sample_in_progress)
+                ),
                 idempotency.expiring_keys(
                     database=database,
                     ttl=settings.idempotency_key_ttl,
@@ -83,17 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # hooks would otherwise ask on every request whether a provider is configured.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    # First, so that they are tried before the documented routes they stand in for.
-    app.router.routes[:0] = direct_routes(notes_router.routes)
-    for router in ROUTERS:
+    # The API first: FastAPI tries the app's routes in order, and the probes and scrapes are
+    # a few requests a second against thousands.
+    for router in (notes_router, health.router, metrics.router):
         app.include_router(router)
     register_error_handlers(app)
-    observer = RequestObserver(
-        route_table(app),
-        request_metrics=settings.request_metrics,
-        access_log=settings.access_log,
-        log_level=settings.log_level,
-        log_format=settings.log_format,
-    )
     app.add_middleware(RequestMiddleware, timeout=settings.request_timeout, observer=observer)
     return app

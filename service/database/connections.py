@@ -16,16 +16,17 @@ import os
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Annotated
+from types import TracebackType
+from typing import Annotated, Any
 
 import asyncpg
+import orjson
 from fastapi import Depends, Request
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection
-from sqlalchemy.util import greenlet_spawn
+from sqlalchemy.util import await_only, greenlet_spawn
 
 from service.config import Settings
 from service.exceptions import DomainError
@@ -39,9 +40,26 @@ from service.observability.metrics import (
     POOL_WAITING,
 )
 
+# SQLSTATE classes that mean "the database cannot serve this now", not "our bug": connection
+# exceptions, insufficient resources, operator intervention (the statement timeout, 57014, and
+# a server shutting down among them).
+_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
 
 class DatabaseUnavailableError(Exception):
-    """No connection could be had, or the one in use was lost: the database is not serving."""
+    """The database cannot serve now: no connection within the pool timeout or the connect
+    timeout, the connection lost, or PostgreSQL refusing for want of resources, at an
+    operator's word or past the statement timeout. The one exception the rest of the app
+    sees for it (`Database` raises it, from the driver's or the pool's own error); the HTTP
+    edge answers it 503 with Retry-After."""
+
+
+def _unavailable(exc: Exception, driver: asyncpg.Connection) -> bool:
+    """Whether `exc`, raised while `driver` ran a statement, means the database cannot serve
+    now; anything else (a constraint, a parameter the driver cannot encode) is a bug."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate or "").startswith(_UNAVAILABLE_SQLSTATE_CLASSES)
+    return isinstance(exc, OSError | TimeoutError) or driver.is_closed()
 
 
 @dataclass(slots=True)
@@ -72,10 +90,11 @@ class Database:
         except TimeoutError:
             POOL_TIMEOUTS.inc()
             msg = f"no database connection free within {self.pool_timeout:g}s"
-            raise PoolTimeoutError(msg) from None
+            raise DatabaseUnavailableError(msg) from None
 
-    @asynccontextmanager
-    async def _checkout(self) -> AsyncIterator[None]:
+    async def _checkout(self) -> None:
+        """Pass the gate: at once while it has room, else in arrival order, for at most
+        `pool_timeout`."""
         started = time.perf_counter()
         if self._gate.locked():
             self._waiting += 1
@@ -86,14 +105,14 @@ class Database:
                 self._waiting -= 1
                 POOL_WAITING.set(self._waiting)
         else:
-            await self._acquire()
+            # Room at the gate: the semaphore is taken without waiting, and needs no timer.
+            await self._gate.acquire()
         POOL_WAIT.observe(time.perf_counter() - started)
         self._in_use += 1
-        try:
-            yield
-        finally:
-            self._gate.release()
-            self._in_use -= 1
+
+    def _checkin(self) -> None:
+        self._gate.release()
+        self._in_use -= 1
 
     def sample_pool(self) -> None:
         """Record the pool's state: connections in use, idle and in overflow."""
@@ -103,39 +122,9 @@ class Database:
         # QueuePool counts overflow from -pool_size while the pool is not yet full.
         POOL_OVERFLOW.set(max(0, pool.overflow()))  # type: ignore[attr-defined]
 
-    @asynccontextmanager
-    async def _pooled(self) -> AsyncIterator[asyncpg.Connection]:
-        # Checkout and checkin may connect or close (awaits inside SQLAlchemy's sync pool).
-        try:
-            pooled: PoolProxiedConnection = await greenlet_spawn(self.engine.raw_connection)
-        except Exception as exc:
-            # Refused, shutting down, starting up, out of slots: whatever the driver calls it.
-            raise DatabaseUnavailableError(str(exc)) from exc
-        driver: asyncpg.Connection = pooled.driver_connection
-        try:
-            yield driver
-        except DomainError:
-            raise
-        except BaseException as exc:
-            # The server closed it (a restart, a crash): not this request's fault.
-            lost = driver.is_closed() and not isinstance(exc, asyncpg.PostgresError)
-            # A driver that fails mid-exchange leaves the connection in a state nobody can
-            # vouch for: asyncpg sends Parse and Describe, then refuses to encode a parameter
-            # and never sends Sync, so the statement timer PostgreSQL armed fires later and
-            # cancels an unrelated request's statement. A cancelled statement, a timeout or a
-            # lost connection are no better. A reconnect costs a few milliseconds.
-            await greenlet_spawn(pooled.invalidate)
-            if lost and isinstance(exc, Exception):
-                raise DatabaseUnavailableError(str(exc)) from exc
-            raise
-        finally:
-            await greenlet_spawn(pooled.close)
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+    def connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """A pooled connection, in autocommit: a single statement pays no BEGIN/COMMIT."""
-        async with self._checkout(), self._pooled() as connection:
-            yield connection
+        return _PooledConnection(self)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -147,6 +136,61 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection of this process."""
         await greenlet_spawn(self.engine.dispose)
+
+
+class _PooledConnection:
+    """One checkout, as an async context manager: through the gate, then SQLAlchemy's pool;
+    back to both at the end, or the connection discarded after a failure.
+
+    A class rather than generator-based context managers: a checkout is on the path of
+    every request, and each generator layer costs it a frame and a step in and out.
+    """
+
+    __slots__ = ("_database", "_pooled")
+
+    def __init__(self, database: Database) -> None:
+        self._database = database
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        database = self._database
+        await database._checkout()
+        try:
+            # Checkout and checkin may connect or close: awaits inside SQLAlchemy's sync pool.
+            self._pooled: PoolProxiedConnection = await greenlet_spawn(
+                database.engine.raw_connection
+            )
+        except BaseException as exc:
+            database._checkin()
+            if isinstance(exc, Exception):
+                # Refused, shutting down, starting up, out of slots: whatever the driver
+                # calls it.
+                raise DatabaseUnavailableError(str(exc)) from exc
+            raise
+        driver: asyncpg.Connection = self._pooled.driver_connection
+        return driver
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        pooled = self._pooled
+        try:
+            if exc is not None and not isinstance(exc, DomainError):
+                # A driver that fails mid-exchange leaves the connection in a state nobody
+                # can vouch for: asyncpg sends Parse and Describe, then refuses to encode a
+                # parameter and never sends Sync, so the statement timer PostgreSQL armed
+                # fires later and cancels an unrelated request's statement. A cancelled
+                # statement, a timeout or a lost connection are no better. A reconnect costs
+                # a few milliseconds.
+                driver = pooled.driver_connection
+                await greenlet_spawn(pooled.invalidate)
+                if isinstance(exc, Exception) and _unavailable(exc, driver):
+                    raise DatabaseUnavailableError(str(exc)) from exc
+        finally:
+            await greenlet_spawn(pooled.close)
+            self._database._checkin()
 
 
 def create_database(settings: Settings) -> Database:
@@ -191,11 +235,31 @@ def create_database(settings: Settings) -> Database:
         pool_reset_on_return=None,
         connect_args=connect_args,
     )
+    event.listen(engine, "connect", _register_codecs)
     return Database(
         engine=engine,
         capacity=settings.db_pool_size + settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
     )
+
+
+def _register_codecs(dbapi_connection: Any, _record: object) -> None:
+    """On every new connection: jsonb to and from Python objects, with orjson.
+
+    The idempotency store keeps each response's headers as jsonb and passes and reads them as
+    dicts. SQLAlchemy's asyncpg dialect registers a jsonb codec of its own when it connects;
+    the store relies on this one, registered after it, not on the dialect's choice.
+    """
+    driver: asyncpg.Connection = dbapi_connection.driver_connection
+    await_only(
+        driver.set_type_codec(
+            "jsonb", schema="pg_catalog", encoder=_json_text, decoder=orjson.loads, format="text"
+        )
+    )
+
+
+def _json_text(value: object) -> str:
+    return orjson.dumps(value).decode()
 
 
 def _unique_statement_name() -> str:

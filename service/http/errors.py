@@ -1,34 +1,27 @@
-"""Maps domain and infrastructure errors to HTTP responses, in one place.
+"""Maps domain errors, and the database's unavailability, to HTTP responses, in one place.
 
 No response body ever carries a traceback or SQL: those go to the log only. Every body can be
 encoded: a validation error that echoes the client's input replaces what strict JSON in UTF-8
-cannot carry.
-An exception no handler here answers is answered by `service.http.middleware`.
+cannot carry. Whether the database is unavailable is decided where statements run
+(`service.database.connections`); this module only answers it. An exception no handler here
+answers is a bug, answered 500 by `service.http.middleware`.
 """
 
 import math
 import re
 from typing import Any
 
-import asyncpg
 import structlog
 from fastapi import FastAPI, Request, status
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from service.database.connections import DatabaseUnavailableError
 from service.exceptions import NotFoundError, PreconditionFailedError, UnprocessableRequestError
 from service.http.middleware import RETRY_AFTER_SECONDS
 
 logger = structlog.get_logger(__name__)
-
-# SQLSTATE classes and codes that mean "the database cannot serve this now", not "our bug":
-# connection exceptions, insufficient resources, operator intervention (which includes the
-# statement timeout, 57014).
-_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 
 # A lone UTF-16 surrogate (JSON's "\ud800") is a valid Python str but has no UTF-8 encoding.
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -77,28 +70,12 @@ async def _precondition_failed(request: Request, exc: Exception) -> JSONResponse
 
 
 async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database_unavailable", error=type(exc).__name__, detail=str(exc)[:500])
+    cause = exc.__cause__ or exc
+    logger.warning("database_unavailable", error=type(cause).__name__, detail=str(exc)[:500])
     return JSONResponse(
         {"detail": "Database unavailable"},
         status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
         headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
-
-
-async def _database_error(request: Request, exc: Exception) -> JSONResponse:
-    # Failures of the database itself are 503; anything else is our bug. asyncpg's errors
-    # carry their SQLSTATE; SQLAlchemy's (from the pool) wrap one.
-    sqlstate = str(
-        getattr(exc, "sqlstate", None)
-        or getattr(getattr(exc, "orig", None), "sqlstate", None)
-        or ""
-    )
-    invalidated = isinstance(exc, DBAPIError) and exc.connection_invalidated
-    if invalidated or sqlstate.startswith(_UNAVAILABLE_SQLSTATE_CLASSES):
-        return await _database_unavailable(request, exc)
-    logger.exception("database_error", error=type(exc).__name__)
-    return JSONResponse(
-        {"detail": "Internal Server Error"}, status_code=status.HTTP_500_INTERNAL_SERVER_ERROR
     )
 
 
@@ -108,18 +85,4 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnprocessableRequestError, _unprocessable)
     app.add_exception_handler(NotFoundError, _not_found)
     app.add_exception_handler(PreconditionFailedError, _precondition_failed)
-    unavailable_errors = (
-        DatabaseUnavailableError,
-        PoolTimeoutError,
-        OperationalError,
-        InterfaceError,
-        OSError,
-        TimeoutError,
-    )
-    for unavailable in unavailable_errors:
-        app.add_exception_handler(unavailable, _database_unavailable)
-    app.add_exception_handler(DBAPIError, _database_error)
-    app.add_exception_handler(asyncpg.PostgresError, _database_error)
-    # A client-side driver error (a parameter it cannot encode) is our bug: 500, and the
-    # connection it happened on is discarded (service.database.connections).
-    app.add_exception_handler(asyncpg.InterfaceError, _database_error)
+    app.add_exception_handler(DatabaseUnavailableError, _database_unavailable)

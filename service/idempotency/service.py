@@ -23,9 +23,8 @@ import structlog
 from fastapi import Response
 from sqlalchemy import Interval, bindparam, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import SQLAlchemyError
 
-from service.database.connections import Database
+from service.database.connections import Database, DatabaseUnavailableError
 from service.database.statements import compiled
 from service.exceptions import UnprocessableRequestError
 from service.idempotency.models import idempotency_keys as keys
@@ -137,7 +136,7 @@ async def run(
         store = _STORE.arguments(
             request_key=request.key,
             response_status=response.status_code,
-            response_headers=orjson.dumps(headers).decode(),
+            response_headers=headers,
             response_body=bytes(response.body),
         )
         await connection.execute(_STORE.sql, *store)
@@ -149,7 +148,7 @@ async def _replay(*, connection: asyncpg.Connection, request: IdempotentRequest)
     stored = await connection.fetchrow(_STORED.sql, request.key)
     if stored["fingerprint"] != request.fingerprint:
         raise IdempotencyKeyReusedError
-    # SQLAlchemy's dialect gives its asyncpg connections a jsonb codec: JSON text in, objects out.
+    # Database registers the jsonb codec: objects in, objects out.
     headers: dict[str, Any] = {**stored["headers"], REPLAYED_HEADER: "true"}
     return Response(content=stored["body"], status_code=stored["status"], headers=headers)
 
@@ -179,8 +178,12 @@ async def expiring_keys(*, database: Database, ttl: float, interval: float) -> A
             await asyncio.sleep(interval * random.uniform(0.5, 1.5))  # noqa: S311 (jitter)
             try:
                 deleted = await delete_expired(database=database, ttl=ttl)
-            except (SQLAlchemyError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
-                logger.warning("idempotency_cleanup_failed", error=type(exc).__name__)
+            except DatabaseUnavailableError as exc:
+                logger.warning("idempotency_cleanup_failed", error=str(exc))
+                continue
+            except Exception:
+                # A bug, loudly; the next round may still succeed.
+                logger.exception("idempotency_cleanup_failed")
                 continue
             if deleted:
                 logger.info("idempotency_keys_expired", deleted=deleted)

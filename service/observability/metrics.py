@@ -10,7 +10,7 @@ import contextlib
 import os
 import platform
 import resource
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -39,7 +39,7 @@ HTTP_DURATION = Histogram(
 )
 HTTP_IN_PROGRESS = Gauge(
     "http_requests_in_progress",
-    "HTTP requests being served now.",
+    "HTTP requests being served now (each worker's, sampled every second).",
     ["method", "route"],
     multiprocess_mode="livesum",
 )
@@ -102,7 +102,8 @@ BUILD_INFO = Gauge(
     multiprocess_mode="livemax",
 )
 
-SAMPLE_INTERVAL_SECONDS = 2.0
+# Also the age, at most, of http_requests_in_progress (service.observability.requests).
+SAMPLE_INTERVAL_SECONDS = 1.0
 _PAGE_SIZE = resource.getpagesize()
 
 
@@ -115,15 +116,19 @@ def _sample_worker() -> None:
 
 
 @contextlib.asynccontextmanager
-async def worker_metrics(version: str, sample_pool: Callable[[], None]) -> AsyncIterator[None]:
-    """For a worker's lifetime: count it as live and sample its CPU, memory and idle pool."""
+async def worker_metrics(
+    version: str, samplers: Sequence[Callable[[], None]]
+) -> AsyncIterator[None]:
+    """For a worker's lifetime: count it as live, and sample its CPU and memory and whatever
+    `samplers` record (its pool, its requests in flight)."""
     WORKERS_LIVE.set(1)
     BUILD_INFO.labels(version, platform.python_version()).set(1)
 
     async def sample_forever() -> None:
         while True:
             _sample_worker()
-            sample_pool()
+            for sample in samplers:
+                sample()
             await asyncio.sleep(SAMPLE_INTERVAL_SECONDS)
 
     sampler = asyncio.create_task(sample_forever())

@@ -6,21 +6,21 @@ Both need the same facts (route template, status, duration), so they are measure
 
 import logging
 import os
-import re
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import structlog
-from starlette.routing import BaseRoute
+from starlette.routing import Mount
 from starlette.types import Scope
 
 from service.config import LogFormat, LogLevel
+from service.http.route_views import serving_view
 from service.observability.metrics import HTTP_DURATION, HTTP_IN_PROGRESS, HTTP_REQUESTS
 
 logger = structlog.get_logger("service.access")
@@ -28,46 +28,26 @@ logger = structlog.get_logger("service.access")
 # The label every path that matches no route shares, so scanners cannot mint new values.
 UNMATCHED_ROUTE = "<unmatched>"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_PARAMETER = re.compile(r"{[^}]*}")
 
 
-class RouteResolver:
-    """Finds the template of the route a request will be served by, before it is served.
+def served_route(scope: Scope, root_path: str = "") -> str:
+    """The template of the route that served this request, once the app has routed it: its
+    path as declared, after every prefix of `include_router` and every mount above it, from
+    `root_path` (the app's own, where the request entered) on. Unmatched requests share one
+    value.
 
-    Starlette tries routes in order. A path without parameters is looked up in a dict, unless
-    an earlier route with parameters would match it first; other paths are tried against the
-    routes with parameters only, in order. Same answer as the router, a fraction of the cost.
+    Starlette and FastAPI put the route they chose in `scope["route"]` and the path a mount
+    consumed in `root_path`. A mount whose app routes nothing itself (static files, a bare
+    ASGI app), or under which no route matched, is labelled as the mount: `/static/{path}`.
+    A mount's own path parameters, if it has any, are labelled by their values.
     """
-
-    def __init__(self, routes: Sequence[BaseRoute]) -> None:
-        self.dynamic: list[BaseRoute] = []
-        self.static: dict[str, str] = {}
-        for route in routes:
-            path = getattr(route, "path", None)
-            if not isinstance(path, str):
-                continue
-            if _PARAMETER.search(path):
-                self.dynamic.append(route)
-            elif path not in self.static and not self._scan(path):
-                self.static[path] = path
-
-    def _scan(self, path: str, method: str = "GET") -> str | None:
-        # What Starlette's Route.matches decides, without building a child scope: a full match
-        # when the path and the method fit, a partial one (405) when only the path does.
-        partial = None
-        for route in self.dynamic:
-            if route.path_regex.match(path):  # type: ignore[attr-defined]
-                methods = getattr(route, "methods", None)
-                if methods is None or method in methods:
-                    return str(getattr(route, "path", UNMATCHED_ROUTE))
-                if partial is None:
-                    partial = str(getattr(route, "path", UNMATCHED_ROUTE))
-        return partial
-
-    def resolve(self, scope: Scope) -> str:
-        """The route template for this request, or the shared unmatched label."""
-        path = scope["path"]
-        return self.static.get(path) or self._scan(path, scope["method"]) or UNMATCHED_ROUTE
+    route = scope.get("route")
+    mounted = scope.get("root_path", "")[len(root_path) :]
+    if route is None or isinstance(route, Mount):
+        return f"{mounted}/{{path}}" if mounted else UNMATCHED_ROUTE
+    # scope["route"] is the route as its router declared it; its view carries the prefixes.
+    template = getattr(serving_view(scope, route), "path_format", None)
+    return mounted + template if isinstance(template, str) else UNMATCHED_ROUTE
 
 
 def _request_id(scope: Scope) -> str:
@@ -77,22 +57,30 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Observation:
     """One request being observed: what its metrics and access line will say."""
 
     scope: Scope
     method: str
-    route: str
+    # Where the request entered the app: what served_route measures mounts from.
+    root_path: str
     request_id: str
     started: float
-    in_progress: Any
 
 
 class RequestObserver:
-    """Counts, times and tracks in-flight requests by method and route template, binds
-    `request_id` (nginx's X-Request-ID, else a new one) to every log line of the request,
-    and writes one `request` line once the response has been sent.
+    """Counts and times requests by method and the template of the route that served them,
+    tracks those in flight, binds `request_id` (nginx's X-Request-ID, else a new one) to every
+    log line of the request, and writes one `request` line once the response has been sent.
+
+    **In progress.** A request's route is known only once the app has routed it, after it
+    entered this observer, so `http_requests_in_progress` is not counted up and down around
+    the request: the requests in flight are kept in a set, and `sample_in_progress` (every
+    second, with the worker's other gauges) sets the gauge from them, by the route each is
+    being served by. Exact counts per route whatever the app's routing (nested routers, mounts,
+    middleware that routes in a task of its own), no gauge write on the request's path, and a
+    gauge at most a second old, against a scrape interval of 15 s.
 
     `client_ip` is the scope's client, which uvicorn's proxy-headers handling has already set
     from the X-Forwarded-For that nginx wrote. Unknown methods count as OTHER.
@@ -104,52 +92,61 @@ class RequestObserver:
 
     def __init__(
         self,
-        routes: Sequence[BaseRoute],
         *,
         request_metrics: bool = True,
         access_log: bool = True,
         log_level: LogLevel = "INFO",
         log_format: LogFormat = "json",
     ) -> None:
-        self.resolver = RouteResolver(routes)
         self.request_metrics = request_metrics
         # The access line is at INFO: a higher LOG_LEVEL drops it, as it drops any INFO line.
         self.access_log = access_log and logging.getLevelName(log_level) <= logging.INFO
         self.json_lines = log_format == "json"
         self.pid = os.getpid()
         self.stdout = sys.stdout.fileno()
+        self.in_flight: set[Observation] = set()
+        # What the in-progress gauge says now, by method and route, for the non-zero values.
+        self._in_progress: dict[tuple[str, str], int] = {}
         # The metrics' label children, looked up once per method and route (and status):
         # prometheus_client's labels() takes a lock and builds a key on every call.
-        self._in_progress: dict[tuple[str, str], Any] = {}
         self._durations: dict[tuple[str, str], Any] = {}
         self._counts: dict[tuple[str, str, int], Any] = {}
 
     def start(self, scope: Scope) -> Observation:
         """A request has arrived."""
         method = scope["method"] if scope["method"] in KNOWN_METHODS else "OTHER"
-        route = self.resolver.resolve(scope)
         request_id = _request_id(scope)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        in_progress = None
+        observation = Observation(
+            scope, method, scope.get("root_path", ""), request_id, time.perf_counter()
+        )
         if self.request_metrics:
-            in_progress = self._in_progress.get((method, route))
-            if in_progress is None:
-                in_progress = self._in_progress[method, route] = HTTP_IN_PROGRESS.labels(
-                    method, route
-                )
-            in_progress.inc()
-        return Observation(scope, method, route, request_id, time.perf_counter(), in_progress)
+            self.in_flight.add(observation)
+        return observation
 
     def finish(self, observation: Observation, status: int) -> None:
         """Its response has been sent (or it failed): record it, and write its line."""
         duration = time.perf_counter() - observation.started
-        if observation.in_progress is not None:
-            observation.in_progress.dec()
-            self._duration(observation.method, observation.route).observe(duration)
-            self._count(observation.method, observation.route, status).inc()
+        route = served_route(observation.scope, observation.root_path)
+        if self.request_metrics:
+            self.in_flight.discard(observation)
+            self._duration(observation.method, route).observe(duration)
+            self._count(observation.method, route, status).inc()
         if self.access_log:
-            self._write_access_line(observation, status, duration)
+            self._write_access_line(observation, route, status, duration)
+
+    def sample_in_progress(self) -> None:
+        """Set `http_requests_in_progress` to the requests in flight now, by method and the
+        route serving each (a request not routed yet counts as unmatched)."""
+        now = Counter(
+            (observation.method, served_route(observation.scope, observation.root_path))
+            for observation in self.in_flight
+        )
+        for key in self._in_progress.keys() | now.keys():
+            if self._in_progress.get(key, 0) != now[key]:
+                HTTP_IN_PROGRESS.labels(*key).set(now[key])
+        self._in_progress = dict(now)
 
     def _duration(self, method: str, route: str) -> Any:
         child = self._durations.get((method, route))
@@ -165,13 +162,15 @@ class RequestObserver:
             )
         return child
 
-    def _write_access_line(self, observation: Observation, status: int, duration: float) -> None:
+    def _write_access_line(
+        self, observation: Observation, route: str, status: int, duration: float
+    ) -> None:
         scope = observation.scope
         client = scope.get("client")
         fields = {
             "method": scope["method"],
             "path": scope["path"],
-            "route": observation.route,
+            "route": route,
             "status": status,
             "duration_ms": round(duration * 1000, 3),
             "client_ip": client[0] if client else None,

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from tests.metrics import Samples, instant_query, parse, value
-from tests.postgres import fresh_database, migrate
+from tests.postgres import fresh_database, locked_table, migrate
 from tests.stack import Stack, read_json_lines, running_stack
 
 NOTE_ROUTE = "/api/v1/notes/{note_id}"
@@ -89,23 +89,42 @@ async def test_counts_stay_exact_after_a_worker_is_killed(stack: Stack) -> None:
     assert cpu_pids <= live_pids
 
 
-async def test_in_progress_returns_to_zero_and_live_workers_follow_scale(stack: Stack) -> None:
+async def in_progress(client: httpx.AsyncClient, stack: Stack) -> dict[tuple[str, str], float]:
+    """The requests in flight by method and route, but the scrapes."""
+    samples, _ = await scrape(client, stack)
+    return {
+        (labels["method"], labels["route"]): v
+        for (name, labels_), v in samples.items()
+        if name == "http_requests_in_progress" and v
+        for labels in [dict(labels_)]
+        if labels["route"] != "/metrics"
+    }
+
+
+async def test_in_progress_counts_requests_in_flight_and_live_workers_follow_scale(
+    stack: Stack,
+) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
         created = await client.post(f"{stack.url}/api/v1/notes", json={"text": "in progress"})
+        url = f"{stack.url}{created.headers['location']}"
+        # Each worker sets the gauge from its requests in flight every second.
+        async with locked_table(stack.database):
+            held = [asyncio.create_task(client.get(url)) for _ in range(6)]
+            waiting = {("GET", NOTE_ROUTE): 6}
+            for _ in range(50):
+                busy = await in_progress(client, stack)
+                if busy == waiting:
+                    break
+                await asyncio.sleep(0.1)
+            assert busy == waiting
+        assert [(await request).status_code for request in held] == [200] * 6
         await send(client, stack, created.headers["location"], reads=100)
-        # A worker lowers the gauge just after its response is sent: allow it a moment.
-        for _ in range(20):
-            samples, _ = await scrape(client, stack)
-            busy = {
-                dict(labels)["route"]: v
-                for (name, labels), v in samples.items()
-                if name == "http_requests_in_progress" and v
-            }
-            if busy == {"/metrics": 1.0}:
+        for _ in range(30):
+            busy = await in_progress(client, stack)
+            if not busy:
                 break
-            await asyncio.sleep(0.1)
-        # Only the scrape itself is in flight.
-        assert busy == {"/metrics": 1.0}
+            await asyncio.sleep(0.2)
+        assert busy == {}
 
         await stack.arun("scale", "3")
         await asyncio.sleep(2.5)  # one sampling period

@@ -27,7 +27,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtest.thresholds import Thresholds, loopback_only, violations
+from deploy.loopback import loopback_only
+from loadtest.thresholds import Thresholds, violations
 from service.runtime.capacity import usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -26,8 +26,6 @@ import os
 import statistics
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
@@ -35,6 +33,8 @@ from pathlib import Path
 
 import psutil
 
+from deploy.grafana.render import render_rows
+from deploy.loopback import loopback_only
 from deploy.native import gunicorn
 from deploy.native.cpu_caps import (
     CapKeeper,
@@ -44,7 +44,8 @@ from deploy.native.cpu_caps import (
 )
 from deploy.native.processes import StackError, children
 from deploy.native.state import Stack
-from loadtest import panels, sweep_report
+from deploy.prometheus.client import Prometheus
+from loadtest import sweep_report
 from loadtest.plan import Step, capacity_plan, knee_count, predicted_knee, recommend
 from loadtest.run import (
     DEFAULT_HOST,
@@ -58,7 +59,7 @@ from loadtest.run import (
     run_locust,
 )
 from loadtest.run import timestamp as make_timestamp
-from loadtest.thresholds import Thresholds, loopback_only
+from loadtest.thresholds import Thresholds
 from service.runtime.capacity import Budget, connection_budget, usable_cpus
 
 # Users per worker in a lab sweep. A capped worker is measured at its capacity, so each step
@@ -80,22 +81,7 @@ def default_worker_counts(cpu_per_worker: float) -> list[int]:
     return [1, 2, *range(4, top + 1, 2)]
 
 
-def prometheus_query(url: str, query: str, at: float) -> list[tuple[dict[str, str], float]]:
-    """The samples of an instant query at time `at`."""
-    params = urllib.parse.urlencode({"query": query, "time": f"{at:.3f}"})
-    with urllib.request.urlopen(f"{url}/api/v1/query?{params}", timeout=10) as response:  # noqa: S310
-        result = json.load(response)["data"]["result"]
-    return [(sample["metric"], float(sample["value"][1])) for sample in result]
-
-
-def prometheus_value(url: str, query: str, at: float) -> float:
-    """The single value of an instant query (0 when it has none)."""
-    samples = prometheus_query(url, query, at)
-    value = samples[0][1] if samples else 0.0
-    return 0.0 if math.isnan(value) else value  # NaN (no traffic) counts as 0
-
-
-def observe(prometheus: str, start: float, end: float) -> dict[str, float]:
+def observe(prometheus: Prometheus, start: float, end: float) -> dict[str, float]:
     """What the pools did between `start` and `end`, from the workers' metrics."""
     window = f"{max(10, int(end - start))}s"
     queries = {
@@ -108,7 +94,7 @@ def observe(prometheus: str, start: float, end: float) -> dict[str, float]:
             f"(increase(db_pool_wait_seconds_bucket[{window}])))"
         ),
     }
-    return {name: prometheus_value(prometheus, query, end) for name, query in queries.items()}
+    return {name: prometheus.value(query, end) for name, query in queries.items()}
 
 
 @dataclass(frozen=True)
@@ -364,8 +350,9 @@ def main() -> None:
         scale(original)
     finished = time.time()
     time.sleep(6)  # let Prometheus take the scrape that closes the last window
+    prometheus = Prometheus(args.prometheus)
     for index, (start, end) in enumerate(windows):
-        pools = observe(args.prometheus, start, end)
+        pools = observe(prometheus, start, end)
         measured[index] = dataclasses.replace(
             measured[index],
             pool_in_use=pools["pool_in_use"],
@@ -394,7 +381,7 @@ def main() -> None:
             "separates them)."
         )
     sweep_report.write_charts(steps, out_dir, knee)
-    rendered = panels.render_rows(args.prometheus, started, finished, out_dir)
+    rendered = render_rows(prometheus, started, finished, out_dir)
     for row in rendered:
         if row.empty_panels:
             notes.append(f"dashboard row {row.title!r}: no data for {', '.join(row.empty_panels)}")

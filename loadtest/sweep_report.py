@@ -1,5 +1,5 @@
 """The worker sweep's report: charts, report.md, and report.html, one page with every chart
-inline (the dashboard's rows as well, rendered by `loadtest.panels`)."""
+inline (the dashboard's rows as well, drawn by `deploy.grafana.render`)."""
 
 import base64
 import html

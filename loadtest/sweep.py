@@ -3,7 +3,7 @@ count to run, and a capacity plan.
 
     uv run python -m loadtest.sweep [--workers "1 2 4"] [--users 50] [--run-time 30]
         [--warmup 5] [--rounds 1] [--max-p99-ms 500] [--processes N] [--cpu-per-worker 0.2]
-        [--plan-cores N]
+        [--plan-cores N] [--check] [--min-scaling "2:1.8 4:3.2"]
 
 For each worker count: scale the running stack live, warm up, run the load, and read from
 Prometheus and from the processes what the workers, the pool, Locust, PostgreSQL and nginx did
@@ -14,7 +14,8 @@ loadtest/results/sweep-<timestamp>/ (`loadtest.sweep_report`), then puts the wor
 `--cpu-per-worker` is the scaling lab: every worker runs in a cgroup of its own capped at that
 fraction of a CPU, so that a small machine has CPU to spare beside the workers and shows the
 shape a big host has: throughput rising with workers until the caps add up to what the rest of
-the machine leaves them, flat after.
+the machine leaves them, flat after. `--check` holds the lab's figures to its gate
+(`loadtest.sweep_gate`) and exits 1 when they fall short.
 """
 
 import contextlib
@@ -35,7 +36,7 @@ from deploy.native.cpu_caps import (
 from deploy.native.processes import children
 from deploy.native.state import Stack
 from deploy.prometheus.client import SCRAPE_INTERVAL_SECONDS, Prometheus
-from loadtest import sweep_report
+from loadtest import sweep_gate, sweep_report
 from loadtest.plan import Step, capacity_plan, knee_count, predicted_knee, recommend
 from loadtest.run import load_generator_saturated
 from loadtest.sweep_config import SweepConfig, parse_args
@@ -156,7 +157,7 @@ def conclude(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: sweep, restore, report."""
+    """Command line: sweep, restore, report; with a gate, its verdict as the exit status."""
     config = parse_args(argv)
     config.out.mkdir(parents=True, exist_ok=True)
     original = len(children(master_pid()))
@@ -171,7 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     report = conclude(config, measured, rendered, (started, finished))
     print(sweep_report.write(report, config.out))
     print(f"sweep: report in {config.out / 'report.html'}; workers back to {original}")
-    return 0
+    if config.gate is None:
+        return 0
+    return sweep_gate.verdict(
+        sweep_gate.judge(
+            report.steps,
+            recommended=report.chosen.workers,
+            knee=report.knee,
+            knee_workers=report.knee_workers,
+            bounds=config.gate,
+        )
+    )
 
 
 if __name__ == "__main__":

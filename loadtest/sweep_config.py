@@ -17,6 +17,7 @@ from loadtest.run import (
     default_processes,
     timestamp,
 )
+from loadtest.sweep_gate import DEFAULT_MIN_SCALING, describe, parse_bounds, unjudgeable
 from loadtest.thresholds import Thresholds
 from service.runtime.capacity import usable_cpus
 
@@ -41,7 +42,8 @@ def default_worker_counts(cpu_per_worker: float) -> list[int]:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A sweep's settings, checked: the counts, the load of each step, and where to write."""
+    """A sweep's settings, checked: the counts, the load of each step, where to write, and
+    the scaling bounds the lab's gate holds the figures to (None: no gate)."""
 
     counts: list[int]
     host: str
@@ -57,6 +59,7 @@ class SweepConfig:
     max_p99_ms: float
     max_failure_ratio: float
     out: Path
+    gate: dict[int, float] | None
 
     def users_at(self, workers: int) -> int:
         """The users of a step: the same at every step, or in the lab the same per worker."""
@@ -127,6 +130,16 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-p99-ms", type=float, default=Thresholds.max_p99_ms)
     parser.add_argument("--max-failure-ratio", type=float, default=Thresholds.max_failure_ratio)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--check", action="store_true",
+        help="the lab's gate: exit 1 when the workers scaled below --min-scaling "
+        "(loadtest/sweep_gate.py)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--min-scaling", type=parse_bounds, default=None,
+        help=f'N:X, N workers at least X times one (implies --check; default '
+        f'"{describe(DEFAULT_MIN_SCALING)}")',
+    )  # fmt: skip
     return parser
 
 
@@ -157,6 +170,12 @@ def parse_args(argv: list[str] | None = None) -> SweepConfig:
     counts = [int(n) for n in args.workers.split()] or default_worker_counts(args.cpu_per_worker)
     if any(n < 1 for n in counts):
         options.error("worker counts must be at least 1")
+    gate = args.min_scaling or (DEFAULT_MIN_SCALING if args.check else None)
+    if gate is not None:
+        # Refused before the first step, not after minutes of load.
+        problem = unjudgeable(counts, args.cpu_per_worker, gate)
+        if problem:
+            options.error(f"--check: {problem}")
     return SweepConfig(
         counts=counts,
         host=args.host,
@@ -172,4 +191,5 @@ def parse_args(argv: list[str] | None = None) -> SweepConfig:
         max_p99_ms=args.max_p99_ms,
         max_failure_ratio=args.max_failure_ratio,
         out=args.out or RESULTS / f"sweep-{timestamp()}",
+        gate=gate,
     )

@@ -76,9 +76,11 @@ def test_a_short_lab_sweep_caps_the_workers_computes_the_knee_and_gates(
     except CpuCapsUnavailableError as exc:
         pytest.skip(str(exc))
     before = stack.worker_pids()
-    # No two workers serve 100 times one, on any machine: the gate must fail this sweep.
+    # The shortest run the sweep takes (10 s a step: two scrapes), one Locust process (it
+    # starts in a second, two take five; 20 users need no more). No two workers serve 100
+    # times one, on any machine: the gate must fail this sweep.
     result = sweep(stack, tmp_path, "--workers", "1 2", "--cpu-per-worker", str(CAP),
-                   "--run-time", "10", "--warmup", "2", "--processes", "2",
+                   "--run-time", "10", "--warmup", "1", "--processes", "1",
                    "--min-scaling", "2:100")  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"workers capped at {CAP:g} CPU each" in result.stdout

@@ -125,11 +125,23 @@ LOAD_FLAGS = $(call flag,USERS,--users) $(call flag,SPAWN_RATE,--spawn-rate) \
 loadtest: install ## Locust headless against the running stack: make loadtest USERS=50 RUN_TIME=30 MAX_P99_MS=500
 	$(RUN) python -m loadtest.run $(LOAD_FLAGS) $(call flag,MAX_P95_MS,--max-p95-ms)
 
+# The scaling lab's gate (loadtest/sweep_gate.py): CHECK=1, or bounds of its own in
+# MIN_SCALING="2:1.8 4:3.2" (N workers at least X times one), make the sweep exit 1 when the
+# capped workers scale below them. Quoted: the bounds are one argument.
+GATE_FLAGS = $(if $(filter-out 0 no false,$(CHECK)),--check) \
+	$(if $(MIN_SCALING),--min-scaling "$(MIN_SCALING)")
+
 .PHONY: sweep
-sweep: install ## Load at several worker counts, a recommendation and a capacity plan: make sweep WORKERS="1 2 4" [CPU_PER_WORKER=0.2] [PLAN_CORES=16]
+sweep: install ## Load at several worker counts, a recommendation and a capacity plan: make sweep WORKERS="1 2 4" [CPU_PER_WORKER=0.2] [PLAN_CORES=16] [CHECK=1]
 	$(RUN) python -m loadtest.sweep --workers "$(WORKERS)" $(LOAD_FLAGS) $(call flag,WARMUP,--warmup) \
 		$(call flag,CPU_PER_WORKER,--cpu-per-worker) $(call flag,PLAN_CORES,--plan-cores) \
-		$(call flag,ROUNDS,--rounds)
+		$(call flag,ROUNDS,--rounds) $(GATE_FLAGS)
+
+# The settings the gate's bounds were measured with (docs/performance.md, "The lab's gate").
+.PHONY: bench-scaling
+bench-scaling: install ## The scaling lab's gate on the running stack: 1 2 4 8 workers at 0.15 CPU, 5 rounds; exit 1 below MIN_SCALING (2:1.8 4:3.2)
+	$(RUN) python -m loadtest.sweep --workers "1 2 4 8" --cpu-per-worker 0.15 --rounds 5 \
+		--run-time 10 --warmup 4 --processes 2 --check $(GATE_FLAGS)
 
 .PHONY: bench
 bench: install ## The service against hand-written FastAPI and Starlette on asyncpg, side by side: every ratio printed

@@ -31,7 +31,8 @@ from locust.contrib.fasthttp import ResponseContextManager
 from locust.env import Environment
 from locust.runners import WorkerRunner
 
-from loadtest.thresholds import Thresholds, loopback_only, violations
+from deploy.loopback import loopback_only
+from loadtest.thresholds import Thresholds, violations
 
 NOTE_FIELDS = {"id", "text", "completed", "created_at", "updated_at"}
 SEED_NOTES = 5

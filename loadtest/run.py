@@ -18,6 +18,7 @@ import argparse
 import csv
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -26,7 +27,8 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from loadtest.thresholds import Thresholds, loopback_only, violations
+from deploy.loopback import loopback_only
+from loadtest.thresholds import Thresholds, violations
 from service.runtime.capacity import usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +99,14 @@ def load_generator_saturated(locust_cpu: float, processes: int) -> bool:
     return locust_cpu >= LOCUST_CPU_LIMIT * processes
 
 
+def _free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
 def _children_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -128,8 +138,13 @@ def run_locust(
     ]  # fmt: skip
     if processes > 1:
         # Locust's master merges what its worker processes measured; it waits for them at
-        # exit, so their CPU is counted in ours below.
-        argv += ["--processes", str(processes)]
+        # exit, so their CPU is counted in ours below. It talks to them on a port of its own
+        # on loopback: at Locust's default (5557, on every address) a second run on the same
+        # machine fails to start.
+        port = _free_port()
+        argv += ["--processes", str(processes), "--master-bind-host", "127.0.0.1",
+                 "--master-bind-port", str(port), "--master-host", "127.0.0.1",
+                 "--master-port", str(port)]  # fmt: skip
     if reports:
         out_dir.mkdir(parents=True, exist_ok=True)
         argv += ["--csv", str(out_dir / tag), "--html", str(out_dir / f"{tag}.html")]

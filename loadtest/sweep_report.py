@@ -1,12 +1,15 @@
-"""The worker sweep's report: charts, report.md, and report.html, one page with every chart
-inline (the dashboard's rows as well, rendered by `loadtest.panels`)."""
+"""The worker sweep's report, written: sweep.csv (and rounds.csv), the charts, report.md,
+report.html (one page with every chart inline, the dashboard's rows as well, drawn by
+`deploy.grafana.render`) and summary.json."""
 
 import base64
+import csv
 import html
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loadtest.plan import CapacityPlan, Step
 
@@ -34,6 +37,52 @@ class Report:
     notes: list[str] = field(default_factory=list)
     rows: list[tuple[str, Path]] = field(default_factory=list)  # dashboard rows rendered
     window: str = ""
+    rounds: list[Step] = field(default_factory=list)  # every step measured, when in rounds
+
+
+def write(report: Report, out_dir: Path) -> str:
+    """Every file of the report into `out_dir` (the dashboard's rows are there already);
+    report.md's text."""
+    write_csv(out_dir / "sweep.csv", report.steps)
+    if report.rounds:
+        write_csv(out_dir / "rounds.csv", report.rounds)
+    write_charts(report.steps, out_dir, report.knee)
+    text = markdown(report)
+    (out_dir / "report.md").write_text(text)
+    (out_dir / "report.html").write_text(html_page(report, out_dir))
+    (out_dir / "summary.json").write_text(json.dumps(summary(report), indent=2) + "\n")
+    return text
+
+
+def summary(report: Report) -> dict[str, object]:
+    """summary.json: what the sweep concluded, for scripts."""
+    return {
+        "recommended_workers": report.chosen.workers,
+        "reason": report.reason,
+        "predicted_knee": report.knee,
+        "knee_workers": report.knee_workers,
+        "plan": asdict(report.plan) if report.plan is not None else None,
+    }
+
+
+def write_csv(path: Path, steps: list[Step]) -> None:
+    """One row per step, a column per figure."""
+    names = [field.name for field in fields(Step)]
+    rows = [",".join(names)] + [",".join(str(v) for v in asdict(s).values()) for s in steps]
+    path.write_text("\n".join(rows) + "\n")
+
+
+def read_csv(path: Path) -> list[Step]:
+    """The steps of a sweep.csv (or rounds.csv) as `write_csv` wrote them."""
+    whole = {field.name for field in fields(Step) if field.type in (int, "int")}
+    steps = []
+    with path.open() as file:
+        for row in csv.DictReader(file):
+            figures: dict[str, Any] = {
+                name: int(value) if name in whole else float(value) for name, value in row.items()
+            }
+            steps.append(Step(**figures))
+    return steps
 
 
 def cpu_parts(step: Step) -> dict[str, float]:

@@ -1,11 +1,9 @@
-"""What a load test must stay within, and where it may run: shared by the locustfile, which
+"""What a load test must stay within: shared by the locustfile, which
 sets Locust's own exit code from them, and by the reports of `make loadtest` and the sweep.
 
 No Locust import here: importing Locust monkey-patches the whole process with gevent.
 """
 
-import ipaddress
-import urllib.parse
 from dataclasses import dataclass
 
 
@@ -40,16 +38,3 @@ def violations(
     if p99_ms > thresholds.max_p99_ms:
         broken.append(f"p99 {p99_ms:g} ms > {thresholds.max_p99_ms:g} ms")
     return broken
-
-
-def loopback_only(host: str) -> str:
-    """`host` if it names this machine; ValueError otherwise: load goes to loopback only."""
-    hostname = urllib.parse.urlsplit(host).hostname or ""
-    try:
-        loopback = hostname == "localhost" or ipaddress.ip_address(hostname).is_loopback
-    except ValueError:
-        loopback = False
-    if not loopback:
-        msg = f"load tests target loopback addresses only, not {host!r}"
-        raise ValueError(msg)
-    return host

@@ -1,9 +1,11 @@
-"""Reading what the stack reports: Prometheus exposition text, and Prometheus's query API."""
+"""Reading what the stack reports: Prometheus exposition text, and Prometheus's query API
+(through the stack's one client, `deploy.prometheus.client`)."""
 
-from typing import Any
+import asyncio
 
-import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from deploy.prometheus.client import Prometheus, Series, instant_path, series
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -23,12 +25,8 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
 
 
-async def instant_query(client: httpx.AsyncClient, prometheus_url: str, expr: str) -> list[Any]:
+async def instant_query(prometheus_url: str, expr: str) -> list[Series]:
     """The result vector of an instant query; a query Prometheus rejects fails at once."""
-    response = await client.get(f"{prometheus_url}/api/v1/query", params={"query": expr})
-    assert response.status_code == 200, f"{expr}: {response.text}"
-    body = response.json()
-    assert body["status"] == "success", f"{expr}: {body}"
-    assert body["data"]["resultType"] == "vector", f"{expr}: {body['data']['resultType']}"
-    result: list[Any] = body["data"]["result"]
-    return result
+    data = await asyncio.to_thread(Prometheus(prometheus_url).get, instant_path(expr))
+    assert data["resultType"] == "vector", f"{expr}: {data['resultType']}"
+    return series(data)

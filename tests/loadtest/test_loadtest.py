@@ -8,8 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deploy.loopback import loopback_only
 from loadtest.run import RunResult, default_processes, locust_warning
-from loadtest.thresholds import Thresholds, loopback_only, violations
+from loadtest.thresholds import Thresholds, violations
 from service.runtime.capacity import usable_cpus
 from tests.metrics import parse
 from tests.postgres import ROOT

@@ -1,8 +1,10 @@
-"""The worker sweep on the real stack: its outputs, and the scaling lab's shape (workers capped
-in cgroups: throughput near-linear in workers up to the knee the caps predict)."""
+"""The worker sweep on the real stack: its outputs, and the scaling lab (workers capped in
+cgroups) on a short run. How far the lab's workers scale is asserted by its gate
+(`make bench-scaling`, tests/loadtest/test_sweep_gate.py), never here."""
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from deploy.native.cpu_caps import CpuCaps, CpuCapsUnavailableError
-from service.runtime.cgroups import cpu_hierarchy
+from loadtest.plan import knee_count, predicted_knee
+from loadtest.sweep_report import read_csv
+from service.runtime.cgroups import cpu_hierarchy, cpu_limit
 from tests.postgres import ROOT
 from tests.stack import Stack
 
@@ -60,50 +64,62 @@ def test_sweep_measures_each_worker_count_and_recommends(stack: Stack, tmp_path:
     assert len(stack.worker_pids()) == len(before)
 
 
-@pytest.mark.timeout(900)  # twenty steps (about 10 min): longer than the suite's 300 s
-def test_a_lab_sweep_scales_with_workers_up_to_the_knee_the_caps_predict(
+def test_a_short_lab_sweep_caps_the_workers_computes_the_knee_and_gates(
     stack: Stack, tmp_path: Path
 ) -> None:
+    """The lab works, on a short run: caps applied and released, workers at their caps, the
+    knee computed, the report written, and the gate's verdict as the exit status. How well the
+    workers scale is the gate's to judge (`make bench-scaling`), not this test's: on a busy
+    shared machine no bound on speed holds every time."""
     try:
         CpuCaps.create("notes-test-probe", CAP).release()
     except CpuCapsUnavailableError as exc:
         pytest.skip(str(exc))
     before = stack.worker_pids()
-    # Five rounds, up the counts and down, and again: this shared machine's speed drifts by a
-    # fifth from one step to the next, and a capped worker's CPU per request grows while other
-    # processes keep the machine busy. With three rounds, the 2-worker steps of one run were
-    # 1.41, 1.75 and 2.33 times their round's one worker (the medians' ratio 1.75; the 4-worker
-    # steps 3.57 to 3.73): one noisy step in three moved the median. Five medians cancel it.
-    result = sweep(stack, tmp_path, "--workers", "1 2 4 8", "--cpu-per-worker", str(CAP),
-                   "--run-time", "10", "--warmup", "4", "--rounds", "5",
-                   "--processes", "2")  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
+    # The shortest run the sweep takes (10 s a step: two scrapes), one Locust process (it
+    # starts in a second, two take five; 20 users need no more). No two workers serve 100
+    # times one, on any machine: the gate must fail this sweep.
+    result = sweep(stack, tmp_path, "--workers", "1 2", "--cpu-per-worker", str(CAP),
+                   "--run-time", "10", "--warmup", "1", "--processes", "1",
+                   "--min-scaling", "2:100")  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
     assert f"workers capped at {CAP:g} CPU each" in result.stdout
-    assert "sweep [20/20] 8 workers:" in result.stdout  # five rounds: up, down, up, down, up
+    assert "sweep [2/2] 2 workers:" in result.stdout
+    assert re.search(r"^gate: FAILED: 2 workers served [\d.]+x one \(bound 100\)$",
+                     result.stdout, re.MULTILINE), result.stdout  # fmt: skip
+    assert result.stdout.rstrip().splitlines()[-1].endswith("check(s) failed")
     rows = steps(tmp_path)
-    rate = {workers: float(row["requests_per_second"]) for workers, row in rows.items()}
-    shape = {workers: round(rate[workers] / rate[1], 2) for workers in rate}
-    # Below the knee, workers add close to what one serves alone.
-    assert shape[2] >= 1.8, shape
-    assert shape[4] >= 3.2, shape
+    assert list(rows) == [1, 2]
     for row in rows.values():
         assert float(row["failure_ratio"]) == 0
         assert float(row["cpu_cap"]) == CAP
-    # The first steps ran at their caps: the workers' CPU was the limit, not the machine.
+        # Capped: uncapped, a worker under this load would use several times the cap.
+        assert float(row["worker_cpu"]) <= 1.3, row
+    # The workers ran at their caps: the workers' CPU was the limit, not the machine.
     assert float(rows[1]["worker_cpu"]) >= 0.85, rows[1]
+    # The knee, computed from the steps the sweep wrote. Whether there is one depends on the
+    # machine: with neighbours keeping every CPU busy at both steps, its busy CPU does not grow
+    # with throughput and the caps predict none (tests/loadtest/test_plan.py has the rule on
+    # figures written down, `make bench-scaling` asks for a knee).
     summary = json.loads((tmp_path / "summary.json").read_text())
-    # Past the knee the caps predict, more workers add nothing: that is where it recommends,
-    # or at the next count measured (the prediction is a straight line through the first steps).
-    assert 4 < summary["predicted_knee"] < 9, summary
-    counts = sorted(rows)
-    knee = counts.index(summary["knee_workers"])
-    assert summary["recommended_workers"] in counts[knee : knee + 2], (shape, summary)
+    knee = predicted_knee(read_csv(tmp_path / "sweep.csv"))
+    assert summary["predicted_knee"] == knee, summary
+    assert summary["knee_workers"] == (knee_count(knee, [1, 2]) if knee else None), summary
+    assert summary["recommended_workers"] in rows, summary
     report = (tmp_path / "report.md").read_text()
     assert f"capped at **{CAP:g} CPU**" in report
-    assert "The caps predict the knee at" in report
+    assert ("The caps predict the knee at" in report) == (knee is not None), report
     assert "no data" not in report, report
-    # The caps are gone, and the worker count is back.
+    charts = ["throughput.png", "p99.png", "cpu.png", *(f"row-{row}.png" for row in ROWS)]
+    for chart in charts:
+        assert (tmp_path / chart).read_bytes()[:8] == PNG, chart
+    page = (tmp_path / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(charts)
+    # The caps are gone, every worker is limited as its master is again (by nothing, or by
+    # the machine's own cgroup), and the worker count is back.
     hierarchy = cpu_hierarchy()
     assert hierarchy is not None
     assert not list(hierarchy.mount.glob("notes-lab-*"))
-    assert len(stack.worker_pids()) == len(before)
+    after = stack.worker_pids()
+    assert len(after) == len(before)
+    assert [cpu_limit(pid) for pid in after] == [cpu_limit(stack.master_pid())] * len(after)

@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 from ruamel.yaml import YAML
 
 from deploy.grafana.dashboard import ALL_REQUESTS, REQUESTS_BY_HOST
-from loadtest.panels import substitute as substitute_variables
+from deploy.grafana.variables import substitute as substitute_variables
+from deploy.prometheus.client import Series
 from service.config import ROOT
 from tests.metrics import instant_query
 from tests.stack import Load, Stack
@@ -372,10 +372,10 @@ def test_dashboard_provider_reads_the_mounted_dashboards() -> None:
 # --- every query against the real stack --------------------------------------------------------
 
 
-def has_a_number(result: list[Any]) -> bool:
+def has_a_number(result: list[Series]) -> bool:
     """Whether any sample is a number a panel can draw (a histogram with no requests in the
     window gives NaN: the series is there and the panel is still blank)."""
-    return any(math.isfinite(float(sample["value"][1])) for sample in result)
+    return any(math.isfinite(sample.value) for sample in result)
 
 
 async def load_until_every_query_answers(stack: Stack) -> list[str]:
@@ -386,29 +386,26 @@ async def load_until_every_query_answers(stack: Stack) -> list[str]:
     result = await load.run(total=600)
     assert not result.unexpected(), result.counts()
 
-    async with httpx.AsyncClient(timeout=30) as client:
-        # Two scrapes of the load's series, so that rate() over 1m has something to compare.
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            if await instant_query(
-                client, stack.prometheus_url, "rate(http_requests_total[1m]) > 0"
-            ):
-                break
-            await asyncio.sleep(1)
+    # Two scrapes of the load's series, so that rate() over 1m has something to compare.
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline:
+        if await instant_query(stack.prometheus_url, "rate(http_requests_total[1m]) > 0"):
+            break
+        await asyncio.sleep(1)
 
-        # Then until every query answers, with some load still coming: per-pid series, the
-        # recording rules and the exporter's counters each need their own two samples.
-        missing: list[str] = []
-        deadline = time.monotonic() + 40
-        while True:
-            await Load(stack.url, concurrency=10).run(total=100)
-            missing = []
-            for title, ref_id, expr in wanted:
-                if not has_a_number(await instant_query(client, stack.prometheus_url, expr)):
-                    missing.append(f"{title} [{ref_id}]: {expr}")
-            if not missing or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(2)
+    # Then until every query answers, with some load still coming: per-pid series, the
+    # recording rules and the exporter's counters each need their own two samples.
+    missing: list[str] = []
+    deadline = time.monotonic() + 40
+    while True:
+        await Load(stack.url, concurrency=10).run(total=100)
+        missing = []
+        for title, ref_id, expr in wanted:
+            if not has_a_number(await instant_query(stack.prometheus_url, expr)):
+                missing.append(f"{title} [{ref_id}]: {expr}")
+        if not missing or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(2)
     return missing
 
 
@@ -418,6 +415,5 @@ async def test_every_panel_query_returns_data_from_the_stacks_prometheus(stack: 
     assert not missing, "queries with no data:\n" + "\n".join(missing)
 
     # One machine, one app host: the by-host panel draws a single line, named by its target.
-    async with httpx.AsyncClient(timeout=30) as client:
-        by_host = await instant_query(client, stack.prometheus_url, substitute(REQUESTS_BY_HOST))
-    assert [set(sample["metric"]) for sample in by_host] == [{"instance"}], by_host
+    by_host = await instant_query(stack.prometheus_url, substitute(REQUESTS_BY_HOST))
+    assert [set(sample.labels) for sample in by_host] == [{"instance"}], by_host

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.parse
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from sqlalchemy.engine import URL, make_url
 from deploy.grafana.dashboard import ALL_REQUESTS, REQUESTS_BY_HOST
 from deploy.native.layout import RunLayout
 from deploy.native.processes import alive, read_pid
+from deploy.prometheus.client import answer_data, instant_path, series
 from service.config import load_settings
 from tests.deploy.grafana.test_dashboard import PER_WORKER_PANELS, queries, substitute
 from tests.metrics import parse, value
@@ -101,14 +101,10 @@ def nginx_workers(net: Topology) -> set[int]:
 
 
 def prometheus_vector(net: Topology, expr: str, at: float) -> dict[str, float]:
-    """An instant query's result by `instance` (or "" when the series has none)."""
-    query = urllib.parse.urlencode({"query": expr, "time": f"{at:.3f}"})
-    body = json.loads(net.prometheus(f"/api/v1/query?{query}"))
-    assert body["status"] == "success", body
-    return {
-        sample["metric"].get("instance", ""): float(sample["value"][1])
-        for sample in body["data"]["result"]
-    }
+    """An instant query's result by `instance` (or "" when the series has none), asked from
+    inside the proxy host, where Prometheus listens."""
+    data = answer_data(json.loads(net.prometheus(instant_path(expr, at))))
+    return {sample.labels.get("instance", ""): sample.value for sample in series(data)}
 
 
 async def scraped(net: Topology, served: dict[str, float]) -> None:

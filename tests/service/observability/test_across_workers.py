@@ -12,6 +12,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
+from deploy.prometheus.client import Prometheus, Series
 from tests.metrics import Samples, instant_query, parse, value
 from tests.postgres import fresh_database, locked_table, migrate
 from tests.stack import Stack, read_json_lines, running_stack
@@ -270,26 +271,26 @@ async def test_prometheus_scrapes_the_stack(stack: Stack) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
         created = await client.post(f"{stack.url}/api/v1/notes", json={"text": "scraped"})
         deadline = time.monotonic() + 40
-        rates: list[dict[str, object]] = []
-        up: list[dict[str, object]] = []
+        rates: list[Series] = []
+        up: list[Series] = []
         while time.monotonic() < deadline:
             await send(client, stack, created.headers["location"], reads=40)
-            up = await instant_query(client, stack.prometheus_url, 'up{job="notes"}')
+            up = await instant_query(stack.prometheus_url, 'up{job="notes"}')
             rates = await instant_query(
-                client, stack.prometheus_url, "sum by (route) (rate(http_requests_total[1m]))"
+                stack.prometheus_url, "sum by (route) (rate(http_requests_total[1m]))"
             )
-            if up and rates and any(r["metric"] == {"route": NOTE_ROUTE} for r in rates):
+            if up and rates and any(r.labels == {"route": NOTE_ROUTE} for r in rates):
                 break
             await asyncio.sleep(1)
-        exporter = await instant_query(client, stack.prometheus_url, 'up{job="nginx"}')
-        rules = (await client.get(f"{stack.prometheus_url}/api/v1/rules")).json()
+    exporter = await instant_query(stack.prometheus_url, 'up{job="nginx"}')
+    rules = await asyncio.to_thread(Prometheus(stack.prometheus_url).get, "/api/v1/rules")
 
-    assert [sample["value"][1] for sample in up] == ["1"]  # type: ignore[index]
-    assert {"route": NOTE_ROUTE} in [sample["metric"] for sample in rates]
-    assert [sample["value"][1] for sample in exporter] == ["1"]
+    assert [sample.value for sample in up] == [1.0]
+    assert {"route": NOTE_ROUTE} in [sample.labels for sample in rates]
+    assert [sample.value for sample in exporter] == [1.0]
     unhealthy = [
         rule["name"]
-        for group in rules["data"]["groups"]
+        for group in rules["groups"]
         for rule in group["rules"]
         if rule["health"] != "ok" and rule.get("lastEvaluation")
     ]

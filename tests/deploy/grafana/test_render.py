@@ -1,5 +1,6 @@
-"""loadtest/panels.py: the dashboard's rows drawn as PNGs from the real Prometheus of a loaded
-stack, with Grafana's variables filled in as Grafana would and empty panels reported."""
+"""deploy/grafana/render.py and the modules it draws with: the dashboard's rows drawn as PNGs
+from the real Prometheus of a loaded stack, with Grafana's variables filled in as Grafana would
+and empty panels reported."""
 
 import asyncio
 import json
@@ -13,18 +14,18 @@ from typing import Any
 import pytest
 from matplotlib import image
 
-from loadtest.panels import (
-    DASHBOARD,
-    Window,
-    format_value,
-    isolated,
-    legend,
-    render_rows,
-    rows,
-    substitute,
-    variable_values,
+from deploy.grafana.draw import isolated
+from deploy.grafana.queries import legend
+from deploy.grafana.render import DASHBOARD, render_rows
+from deploy.grafana.rows import rows
+from deploy.grafana.units import format_value
+from deploy.grafana.variables import Window, substitute, variable_values
+from deploy.prometheus.client import SCRAPE_INTERVAL_SECONDS, Prometheus
+from tests.deploy.grafana.test_dashboard import (
+    PROMETHEUS_CONFIG,
+    ROWS,
+    load_until_every_query_answers,
 )
-from tests.deploy.grafana.test_dashboard import ROWS, load_until_every_query_answers
 from tests.postgres import ROOT
 from tests.stack import Stack
 
@@ -105,6 +106,9 @@ def test_panels_are_grouped_under_their_rows() -> None:
 
 
 def test_variables_are_filled_in_as_grafana_would() -> None:
+    # The scrape interval the variables are computed from is Prometheus's own.
+    scraped = PROMETHEUS_CONFIG.read_text(encoding="utf-8")
+    assert f"scrape_interval: {SCRAPE_INTERVAL_SECONDS}s" in scraped
     board = committed()
     fifteen_minutes = variable_values(board, Window(1000, 1900))
     assert fifteen_minutes["route"] == ".*"  # "All"
@@ -164,9 +168,9 @@ def test_legends_and_units() -> None:
 
 def test_only_a_loopback_prometheus(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="loopback"):
-        render_rows("http://192.0.2.1:9090", 0, 60, tmp_path)
+        render_rows(Prometheus("http://192.0.2.1:9090"), 0, 60, tmp_path)
     result = subprocess.run(
-        [sys.executable, "-m", "loadtest.panels", "--prometheus", "http://192.0.2.1:9090",
+        [sys.executable, "-m", "deploy.grafana.render", "--prometheus", "http://192.0.2.1:9090",
          "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
@@ -187,7 +191,8 @@ async def test_every_row_renders_with_data_from_the_loaded_stack(
     # The last minutes: the load, and a little before it.
     end = time.time()
     start = min(started - 30, end - 60)
-    images = await asyncio.to_thread(render_rows, stack.prometheus_url, start, end, tmp_path)
+    prometheus = Prometheus(stack.prometheus_url)
+    images = await asyncio.to_thread(render_rows, prometheus, start, end, tmp_path)
 
     assert [each.title for each in images] == ROWS
     assert images[-1].path == tmp_path / "row-scaling-lab-and-capacity.png"
@@ -217,7 +222,7 @@ def test_a_panel_without_data_is_drawn_and_reported(stack: Stack, tmp_path: Path
     )  # fmt: skip
     out = tmp_path / "out"
     end = time.time()
-    [drawn] = render_rows(stack.prometheus_url, end - 120, end, out, dashboard=tiny)
+    [drawn] = render_rows(Prometheus(stack.prometheus_url), end - 120, end, out, dashboard=tiny)
     assert drawn.title == "Checks"
     assert drawn.path == out / "row-checks.png"
     assert drawn.empty_panels == ["Missing metric", "Refused query"]
@@ -225,7 +230,7 @@ def test_a_panel_without_data_is_drawn_and_reported(stack: Stack, tmp_path: Path
 
     # The command prints each image and its empty panels, and fails on them.
     result = subprocess.run(
-        [sys.executable, "-m", "loadtest.panels", "--prometheus", stack.prometheus_url,
+        [sys.executable, "-m", "deploy.grafana.render", "--prometheus", stack.prometheus_url,
          "--dashboard", str(tiny), "--out", str(out), "--start", str(end - 120),
          "--end", str(end)],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,

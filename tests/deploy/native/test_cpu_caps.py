@@ -51,8 +51,10 @@ def control() -> Iterator[psutil.Process]:
     yield from busy_process()
 
 
-def cpu_shares(*processes: psutil.Process, seconds: float = 2.0) -> list[float]:
-    """The share of a core each process used over the same `seconds`."""
+def cpu_shares(*processes: psutil.Process, seconds: float = 1.0) -> list[float]:
+    """The share of a core each process used over the same `seconds`: ten of the kernel's
+    100 ms quota periods, where a window cutting a period costs at most one period's quota
+    (0.02 of 0.2)."""
     before = [sum(process.cpu_times()[:2]) for process in processes]
     time.sleep(seconds)
     after = [sum(process.cpu_times()[:2]) for process in processes]

@@ -1,19 +1,23 @@
 """The container deployment (Dockerfile, docker-compose.yml, .env.example), checked without a
-Docker engine: linted, validated against the Compose spec, and held to native mode's topology,
-ports and files (`python -m deploy.native`) so the two modes cannot drift apart."""
+Docker engine by the tools' own code: hadolint, BuildKit's Dockerfile parser, Docker's SDK
+walking the build context through .dockerignore, the Compose spec's schema (check-jsonschema
+ships it). Held to native mode's topology, ports and files (`python -m deploy.native`) so the
+two modes cannot drift apart."""
 
 import json
 import re
-import shlex
 import subprocess
 import sys
 import tomllib
 from dataclasses import dataclass
-from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
+from string import Template
 from typing import Any
 from urllib.parse import urlsplit
 
+import dockerfile as buildkit_parser
+from docker.utils.build import PatternMatcher, exclude_paths
+from dotenv import dotenv_values
 from ruamel.yaml import YAML
 from sqlalchemy.engine import make_url
 
@@ -174,29 +178,27 @@ def envsubst_names(script: str) -> set[str]:
 
 @dataclass(frozen=True)
 class Instruction:
+    """One Dockerfile instruction as BuildKit's own parser reads it (continuations joined,
+    comments and parser directives gone, the exec form's JSON decoded)."""
+
     keyword: str
-    args: str
+    flags: tuple[str, ...]
+    value: tuple[str, ...]
+    exec_form: bool
+
+    @property
+    def text(self) -> str:
+        return " ".join((self.keyword, *self.flags, *self.value))
 
 
 def dockerfile() -> tuple[list[Instruction], list[list[Instruction]]]:
     """The global instructions (before the first FROM) and each build stage's instructions."""
-    logical: list[str] = []
-    pending = ""
-    for raw in DOCKERFILE.read_text().splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        logical.append(pending + line)
-        pending = ""
-    assert not pending, "Dockerfile ends inside a continued line"
     preamble: list[Instruction] = []
     stages: list[list[Instruction]] = []
-    for line in logical:
-        keyword, _, args = line.partition(" ")
-        instruction = Instruction(keyword.upper(), args.strip())
+    for command in buildkit_parser.parse_file(str(DOCKERFILE)):
+        instruction = Instruction(
+            str(command.cmd).upper(), tuple(command.flags), tuple(command.value), command.json
+        )
         if instruction.keyword == "FROM":
             stages.append([])
         (stages[-1] if stages else preamble).append(instruction)
@@ -206,74 +208,59 @@ def dockerfile() -> tuple[list[Instruction], list[list[Instruction]]]:
 
 def stage_named(stages: list[list[Instruction]], name: str) -> list[Instruction]:
     for stage in stages:
-        if re.search(rf"\bAS\s+{name}$", stage[0].args, re.IGNORECASE):
+        _, *alias = stage[0].value
+        if [word.upper() for word in alias[:1]] == ["AS"] and alias[1:] == [name]:
             return stage
     raise AssertionError(f"Dockerfile has no stage {name!r}")
 
 
 def base_images() -> list[str]:
-    """Each stage's base image with build ARG defaults filled in."""
+    """Each stage's base image with the global build ARGs' defaults filled in."""
     preamble, stages = dockerfile()
-    args = {
-        name: default
-        for name, _, default in (i.args.partition("=") for i in preamble if i.keyword == "ARG")
-    }
-    images = []
-    for stage in stages:
-        image = stage[0].args.split()[0]
-        images.append(re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], image))
-    return images
+    args = dict(
+        word.partition("=")[::2] for i in preamble if i.keyword == "ARG" for word in i.value
+    )
+    return [Template(stage[0].value[0]).substitute(args) for stage in stages]
 
 
 def env_of(stage: list[Instruction]) -> dict[str, str]:
     env: dict[str, str] = {}
     for instruction in stage:
         if instruction.keyword == "ENV":
-            for word in shlex.split(instruction.args):
-                name, _, value = word.partition("=")
-                env[name] = value
+            env.update(zip(instruction.value[::2], instruction.value[1::2], strict=True))
     return env
 
 
 def exec_form(instruction: Instruction) -> list[str]:
-    """The JSON array of a CMD/ENTRYPOINT/HEALTHCHECK CMD, or fail for the shell form."""
-    args = instruction.args
+    """The argv of a CMD/ENTRYPOINT/HEALTHCHECK CMD, or fail for the shell form."""
+    assert instruction.exec_form, f"{instruction.keyword} is not in exec form"
     if instruction.keyword == "HEALTHCHECK":
-        args = args[args.index("CMD ") + len("CMD ") :]
-    parsed = json.loads(args)
-    assert isinstance(parsed, list), f"{instruction.keyword} is not in exec form"
-    return [str(part) for part in parsed]
+        assert instruction.value[0] == "CMD", instruction.value
+        return list(instruction.value[1:])
+    return list(instruction.value)
 
 
 def copy_sources(stage: list[Instruction]) -> list[list[str]]:
     """The build-context sources of each COPY in `stage` (COPY --from=... excluded)."""
-    found = []
-    for instruction in stage:
-        if instruction.keyword in ("COPY", "ADD"):
-            words = instruction.args.split()
-            if any(word.startswith("--from=") for word in words):
-                continue
-            found.append([word for word in words if not word.startswith("--")][:-1])
-    return found
+    return [
+        list(instruction.value[:-1])
+        for instruction in stage
+        if instruction.keyword in ("COPY", "ADD")
+        and not any(flag.startswith("--from=") for flag in instruction.flags)
+    ]
 
 
 def dockerignore_patterns() -> list[str]:
+    """The patterns of .dockerignore, as Docker reads them (a comment starts the line)."""
     lines = (ROOT / ".dockerignore").read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 
 
-def dockerignored(path: str, patterns: list[str]) -> bool:
-    """Whether Docker leaves `path` out of the build context (a parent's match counts)."""
-    parts = PurePosixPath(path.strip("/")).parts
-    prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-    ignored = False
-    for pattern in patterns:
-        negated = pattern.startswith("!")
-        glob = pattern.removeprefix("!").strip("/")
-        globs = [glob, glob.removeprefix("**/")] if glob.startswith("**/") else [glob]
-        if any(fnmatch(prefix, g) for prefix in prefixes for g in globs):
-            ignored = not negated
-    return ignored
+def build_context() -> set[str]:
+    """Every path (file or directory) `docker build .` sends from this tree: Docker's SDK
+    walks it with its port of Docker's .dockerignore matcher (`*` stays within one path
+    segment, a parent's match leaves out what is under it, `!` lets a path back in)."""
+    return set(exclude_paths(str(ROOT), dockerignore_patterns(), dockerfile=DOCKERFILE.name))
 
 
 def native_nginx_values() -> set[str]:
@@ -283,13 +270,11 @@ def native_nginx_values() -> set[str]:
 
 
 def env_example() -> dict[str, str]:
-    values = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            name, sep, value = line.partition("=")
-            assert sep, f".env.example: not NAME=value: {line!r}"
-            values[name.strip()] = value.strip()
-    return values
+    """.env.example's variables, read by python-dotenv (what the settings read a .env with)."""
+    values = dotenv_values(ENV_EXAMPLE)
+    unset = [name for name, value in values.items() if value is None]
+    assert not unset, f".env.example: not NAME=value: {unset}"
+    return {name: str(value) for name, value in values.items()}
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -309,6 +294,23 @@ def test_compose_file_matches_the_compose_spec() -> None:
         str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", COMPOSE_FILE.name
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_linters_refuse_what_they_should(tmp_path: Path) -> None:
+    """hadolint and the Compose schema each fail a file with a known fault: their passes
+    above mean something."""
+    bad_dockerfile = tmp_path / "Dockerfile"
+    bad_dockerfile.write_text("FROM python:latest\nRUN cd /app && pip install gunicorn\n")
+    result = run_tool(str(BIN / "hadolint"), "--no-color", str(bad_dockerfile))
+    assert result.returncode != 0
+    assert {"DL3007", "DL3003", "DL3013"} <= set(re.findall(r"DL\d{4}", result.stdout))
+    compose_file = tmp_path / "docker-compose.yml"
+    compose_file.write_text("services:\n  app:\n    image: notes:1\n    restart_policy: always\n")
+    result = run_tool(
+        str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(compose_file)
+    )
+    assert result.returncode == 1
+    assert "restart_policy" in result.stdout
 
 
 # --- Dockerfile ---------------------------------------------------------------------------------
@@ -333,16 +335,16 @@ def test_images_are_pinned_and_python_matches_the_project() -> None:
 def test_dependencies_are_a_layer_of_their_own() -> None:
     _, stages = dockerfile()
     build = stage_named(stages, "build")
-    sync = next(i for i in build if i.keyword == "RUN" and "uv sync" in i.args)
-    assert "--mount=type=cache" in sync.args
+    sync = next(i for i in build if i.keyword == "RUN" and "uv sync" in i.text)
+    assert any(flag.startswith("--mount=type=cache,") for flag in sync.flags), sync.flags
     for flag in ("--frozen", "--no-dev", "--no-install-project"):
-        assert flag in sync.args.split(), f"uv sync without {flag}"
+        assert flag in sync.text.split(), f"uv sync without {flag}"
     before = build[: build.index(sync)]
     assert copy_sources(before) == [["pyproject.toml", "uv.lock"]]
     # The code arrives only in the runtime stage, after the venv.
     runtime = stages[-1]
-    venv = next(i for i in runtime if i.keyword == "COPY" and "--from=build" in i.args)
-    code = [i for i in runtime if i.keyword == "COPY" and "service/" in i.args]
+    venv = next(i for i in runtime if i.keyword == "COPY" and "--from=build" in i.flags)
+    code = [i for i in runtime if i.keyword == "COPY" and "service/" in i.value]
     assert code
     assert runtime.index(code[0]) > runtime.index(venv)
     copied = {PurePosixPath(s).as_posix().rstrip("/") for c in copy_sources(runtime) for s in c}
@@ -352,11 +354,11 @@ def test_dependencies_are_a_layer_of_their_own() -> None:
 def test_runtime_stage_runs_gunicorn_as_non_root_without_build_tools() -> None:
     _, stages = dockerfile()
     runtime = stages[-1]
-    text = "\n".join(f"{i.keyword} {i.args}" for i in runtime)
+    text = "\n".join(i.text for i in runtime)
     assert not re.search(r"--from=uv\b|\buv\s+(sync|pip|run)\b", text), "uv in the runtime stage"
     assert not re.search(r"apt-get|apk add|gcc|build-essential|pip install", text)
 
-    users = [i.args for i in runtime if i.keyword == "USER"]
+    users = [i.value[0] for i in runtime if i.keyword == "USER"]
     assert users, "the runtime stage must set USER"
     assert users[-1].split(":")[0] not in ("root", "0"), users[-1]
 
@@ -384,7 +386,7 @@ def test_runtime_stage_runs_gunicorn_as_non_root_without_build_tools() -> None:
 
 
 def test_build_context_holds_what_the_image_copies_and_no_secrets() -> None:
-    patterns = dockerignore_patterns()
+    ignored = PatternMatcher(dockerignore_patterns())
     for wanted_out in (
         ".env",
         ".venv",
@@ -397,13 +399,19 @@ def test_build_context_holds_what_the_image_copies_and_no_secrets() -> None:
         "loadtest/results",
         "service/__pycache__",
     ):
-        assert dockerignored(wanted_out, patterns), f".dockerignore lets {wanted_out} in"
+        assert ignored.matches(wanted_out), f".dockerignore lets {wanted_out} in"
+    context = build_context()
+    assert not [path for path in context if "__pycache__" in path.split("/")]
     _, stages = dockerfile()
     for stage in stages:
         for sources in copy_sources(stage):
             for source in sources:
                 assert (ROOT / source).exists(), f"COPY {source}: no such file"
-                assert not dockerignored(source, patterns), f"COPY {source} is .dockerignored"
+                path = source.rstrip("/")
+                assert path in context, f"COPY {source} is .dockerignored"
+                # A directory arrives whole: every module under it is in the context.
+                modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / path).rglob("*.py")}
+                assert modules <= context, f"COPY {source} misses {sorted(modules - context)}"
 
 
 # --- Compose: services, order, exposure ---------------------------------------------------------

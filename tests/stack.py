@@ -311,15 +311,27 @@ async def notes_by_text(database: URL, texts: Iterable[str]) -> Counter[str]:
     return Counter({row["text"]: row["n"] for row in rows})
 
 
+async def _answered(load: Load, count: int, what: str) -> None:
+    """Wait until the load has `count` outcomes (an error is one too), 60 s at most."""
+    deadline = asyncio.get_running_loop().time() + 60
+    while len(load.result.outcomes) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"{what}: {load.result.counts()}"
+        await asyncio.sleep(0.02)
+
+
 @asynccontextmanager
 async def background_load(base_url: str, concurrency: int = 20) -> AsyncIterator[Load]:
-    """Keep a load running for the duration of the block (after a short warm-up)."""
+    """Keep a load running for the duration of the block: the block starts once the load has
+    had as many answers as it has clients, and the load stops once twice as many more came
+    after it (those in flight when it ended, then as many sent after): requests were in flight
+    throughout, and the stack served after the block."""
     load = Load(base_url, concurrency)
     task = asyncio.create_task(load.run())
-    await asyncio.sleep(1)
     try:
+        await _answered(load, concurrency, "the load never got going")
         yield load
+        after = len(load.result.outcomes) + 2 * concurrency
+        await _answered(load, after, "no answers after the block")
     finally:
-        await asyncio.sleep(1)
         load.stop()
         await task

@@ -30,10 +30,26 @@ def test_revision_files_are_named_by_date_and_slug() -> None:
 
 
 def test_downgrade_and_upgrade_round_trip(pg_server: URL) -> None:
+    # Alembic's command line three times in one process: one interpreter start, not three.
+    script = (
+        "from alembic.config import main\n"
+        "for argv in (['upgrade', 'head'], ['downgrade', 'base'], ['upgrade', 'head']):\n"
+        "    main(argv=argv)\n"
+    )
+    revisions = len(list((ROOT / "migrations" / "versions").glob("*.py")))
     with fresh_database(pg_server) as url:
-        for step in (("upgrade", "head"), ("downgrade", "base"), ("upgrade", "head")):
-            result = migrate(url, *step)
-            assert result.returncode == 0, result.stderr
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": url.render_as_string(hide_password=False)},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert len(re.findall(r"Running upgrade ", result.stderr)) == 2 * revisions, result.stderr
+        assert len(re.findall(r"Running downgrade ", result.stderr)) == revisions, result.stderr
+        assert _versions(url) == sorted(alembic_heads())
 
 
 def _versions(url: URL) -> list[str]:
@@ -87,7 +103,15 @@ async def test_upgrade_waits_for_the_migration_lock(pg_server: URL) -> None:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
             )
-            await asyncio.sleep(3)
+            # Until the upgrade waits on the lock: it has then read nothing and changed nothing.
+            deadline = time.monotonic() + 60
+            while not await holder.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ):
+                assert run.returncode is None, "upgrade finished while the lock was held"
+                assert time.monotonic() < deadline, "the upgrade never waited for the lock"
+                await asyncio.sleep(0.1)
             assert run.returncode is None, "upgrade finished while the lock was held"
             tables = await holder.fetchval(
                 "SELECT count(*) FROM pg_tables WHERE tablename = 'notes'"

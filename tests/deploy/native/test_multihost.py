@@ -126,13 +126,13 @@ async def test_load_spreads_over_both_hosts_and_their_counts_add_up(
     # Prometheus has the hosts' series before the load, so its rates see all of the load.
     await scraped(net, reads_served(net))
     before = reads_served(net)
-    outcomes, request_ids = await read_many(net, note_id, 600)
+    outcomes, request_ids = await read_many(net, note_id, 300)
     after = reads_served(net)
 
-    assert outcomes == {200: 600}
+    assert outcomes == {200: 300}
     served = {host: after[host] - before[host] for host in after}
-    assert sum(served.values()) == 600, served
-    assert all(count >= 600 * 0.3 for count in served.values()), served
+    assert sum(served.values()) == 300, served
+    assert all(count >= 300 * 0.3 for count in served.values()), served
     # The proxy's access log names the host of each request, and agrees with the hosts.
     await asyncio.sleep(0.5)  # the last access lines
     lines = read_json_lines(net.proxy.layout.nginx_access_log)
@@ -188,9 +188,8 @@ async def test_a_whole_app_host_killed_under_load_loses_nothing_and_comes_back(
     victim, survivor = net.apps
     proxy_workers = nginx_workers(net)
     async with background_load(net.url, concurrency=20) as load:
-        await asyncio.sleep(1)
         killed = net.kill(victim)
-        await asyncio.sleep(4)  # load on the survivor alone
+        await asyncio.sleep(2)  # load on the survivor alone
     assert len(killed) == 1 + WORKERS_PER_HOST
     assert not any(alive(pid) for pid in killed)
     down = net.status(victim)

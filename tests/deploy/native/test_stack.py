@@ -37,14 +37,16 @@ from tests.stack import (
 
 
 async def test_mixed_load_has_no_errors_and_spreads_over_workers(stack: Stack) -> None:
-    result = await Load(stack.url, concurrency=100).run(total=2000)
+    # 100 clients at once, six requests each: what is proven is that every answer is the
+    # one expected and each is served once, not how many the stack serves per second.
+    result = await Load(stack.url, concurrency=100).run(total=600)
 
-    assert len(result.outcomes) == 2000
+    assert len(result.outcomes) == 600
     assert not result.unexpected(), result.counts()
     assert not result.retries
     await asyncio.sleep(0.5)  # the last access lines
     served = stack.access_pids(result.request_ids)
-    assert sum(served.values()) == 2000
+    assert sum(served.values()) == 600
     assert len(served) >= 2, f"one worker served everything: {served}"
 
 
@@ -54,7 +56,10 @@ async def test_a_killed_worker_loses_and_duplicates_nothing(stack: Stack) -> Non
     before = stack.worker_pids()
     async with background_load(stack.url, concurrency=30) as load:
         os.kill(before[0], signal.SIGKILL)
-        await asyncio.sleep(3)
+        for _ in range(100):  # gunicorn starts a replacement; the load goes on meanwhile
+            if len(stack.worker_pids()) == len(before) and before[0] not in stack.worker_pids():
+                break
+            await asyncio.sleep(0.1)
     after = stack.worker_pids()
 
     assert len(after) == len(before)

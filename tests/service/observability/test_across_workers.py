@@ -220,6 +220,10 @@ def _metric_files(directory: Path) -> list[str]:
     return sorted(path.name for path in directory.iterdir() if path.suffix == ".db")
 
 
+# Worker processes that serve during the recycling test: the first two and eight replacements.
+RECYCLED = 10
+
+
 @pytest.fixture(scope="module")
 def recycling_stack(pg_server: URL) -> Iterator[Stack]:
     """A stack whose workers are recycled every 10 requests."""
@@ -238,8 +242,11 @@ async def test_files_and_scrape_time_stay_bounded_across_worker_recycling(
     async with httpx.AsyncClient(timeout=30) as client:
         first, _ = await scrape(client, stack)
         # Each worker leaves after 10 requests; a replacement takes about a second to start.
+        # Eight replacements are enough: the dead workers' counters and histograms alone, if
+        # they stayed, would be 16 files past the bound below (500 simulated in
+        # test_metrics_store.py).
         rounds, per_round, deadline = 0, 40, time.monotonic() + 120
-        while len(_served_by(stack)) < 25 and time.monotonic() < deadline:
+        while len(_served_by(stack)) < RECYCLED and time.monotonic() < deadline:
             responses = await asyncio.gather(
                 *(client.get(f"{stack.url}/healthz") for _ in range(per_round))
             )
@@ -251,7 +258,7 @@ async def test_files_and_scrape_time_stay_bounded_across_worker_recycling(
     recycled = _served_by(stack)
     files = _metric_files(metrics_dir)
 
-    assert len(recycled) >= 25, f"only {len(recycled)} worker processes served"
+    assert len(recycled) >= RECYCLED, f"only {len(recycled)} worker processes served"
     # What a scrape reads, not how long it takes (that measures the machine's load): per live
     # worker a counter, a histogram and three live-gauge files (a worker still starting may
     # not have written all three), the master's gauge, the two archives. Never a dead worker.

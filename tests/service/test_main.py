@@ -27,46 +27,42 @@ def service_env(url: URL | str, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def uvicorn_process(url: URL) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "service.main:create_app",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=service_env(url),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{port}"
+def uvicorn_processes(url: URL, count: int) -> Iterator[list[tuple[subprocess.Popen[bytes], str]]]:
+    """`count` uvicorn processes of the app, started together; each with its base URL."""
+    started = []
+    for _ in range(count):
+        port = free_port()
+        argv = ["-m", "uvicorn", "--factory", "service.main:create_app", "--port", str(port)]
+        process = subprocess.Popen(
+            [sys.executable, *argv],
+            cwd=ROOT,
+            env=service_env(url),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        started.append((process, f"http://127.0.0.1:{port}"))
     try:
         deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, "uvicorn exited during start"
-            assert time.monotonic() < deadline, "uvicorn never became ready"
-            time.sleep(0.1)
-        yield process, base
+        for process, base in started:
+            while True:
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert process.poll() is None, "uvicorn exited during start"
+                assert time.monotonic() < deadline, "uvicorn never became ready"
+                time.sleep(0.1)
+        yield started
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        for process, _ in started:
+            process.terminate()
+        for process, _ in started:
+            process.wait(timeout=30)
 
 
 def test_two_processes_each_open_their_own_pool(database_url: URL) -> None:
-    with (
-        uvicorn_process(database_url) as (first, first_url),
-        uvicorn_process(database_url) as (second, second_url),
-    ):
+    with uvicorn_processes(database_url, 2) as [(first, first_url), (second, second_url)]:
         created = httpx.post(f"{first_url}/api/v1/notes", json={"text": "across processes"})
         assert created.status_code == 201
         read = httpx.get(f"{second_url}{created.headers['location']}")

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -98,10 +99,22 @@ class Stack:
         """Every JSON line of the app's log (app, uvicorn, gunicorn)."""
         return read_json_lines(self.layout.app_log)
 
-    def access_pids(self, request_ids: set[str]) -> Counter[int]:
+    async def logged(self, request_ids: Iterable[str]) -> list[dict[str, object]]:
+        """The app's log once it holds the access line of each of these requests (a worker
+        writes it just after the response), or as it is after 10 s."""
+        wanted = set(request_ids)
+        deadline = time.monotonic() + 10
+        while True:
+            lines = self.app_log()
+            seen = {line.get("request_id") for line in lines if line.get("event") == "request"}
+            if wanted <= seen or time.monotonic() > deadline:
+                return lines
+            await asyncio.sleep(0.05)
+
+    async def access_pids(self, request_ids: set[str]) -> Counter[int]:
         """How many of these requests each worker pid served, from the access lines."""
         pids: Counter[int] = Counter()
-        for line in self.app_log():
+        for line in await self.logged(request_ids):
             if line.get("event") == "request" and line.get("request_id") in request_ids:
                 pids[int(str(line["pid"]))] += 1
         return pids

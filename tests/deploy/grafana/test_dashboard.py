@@ -383,7 +383,7 @@ async def load_until_every_query_answers(stack: Stack) -> list[str]:
     number from its Prometheus (or 80 s pass); the queries that still return none."""
     wanted = [(title, ref_id, substitute(expr)) for title, ref_id, expr in queries()]
     load = Load(stack.url, concurrency=20)
-    result = await load.run(total=600)
+    result = await load.run(total=200)
     assert not result.unexpected(), result.counts()
 
     # Two scrapes of the load's series, so that rate() over 1m has something to compare.

@@ -110,6 +110,15 @@ async def timed_load(stack: Stack, readers: int = 8, writers: int = 4) -> AsyncI
         await task
 
 
+async def answered(load: TimedLoad, count: int, sent_after: float = 0.0) -> None:
+    """Wait until `count` requests sent after `sent_after` (time.monotonic()) have their
+    answer, 30 s at most past that time."""
+    deadline = max(time.monotonic(), sent_after) + 30
+    while sum(answer.sent > sent_after for answer in load.answers) < count:
+        assert time.monotonic() < deadline, f"{count} answers never came: {load.statuses()}"
+        await asyncio.sleep(0.05)
+
+
 async def wait_ready(stack: Stack) -> None:
     async with httpx.AsyncClient(base_url=stack.url) as client:
         for _ in range(150):
@@ -126,7 +135,10 @@ async def test_every_acknowledged_write_survives_a_crash_of_the_database(
     fault_stack: Stack,
 ) -> None:
     async with timed_load(fault_stack, readers=2, writers=10) as load:
-        await asyncio.sleep(3)
+        deadline = time.monotonic() + 60
+        while len(load.acknowledged) <= 100:  # enough writes to mean something
+            assert time.monotonic() < deadline, load.statuses()
+            await asyncio.sleep(0.05)
         # What a power cut or an OOM kill does: no shutdown checkpoint, recovery from the WAL.
         await asyncio.to_thread(fault_stack.postgres, "crash")
         await asyncio.sleep(1)
@@ -164,13 +176,13 @@ async def test_a_database_outage_gives_fast_503s_and_heals_without_a_restart(
 ) -> None:
     master, workers = fault_stack.master_pid(), fault_stack.worker_pids()
     async with timed_load(fault_stack) as load:
-        await asyncio.sleep(1)
+        await answered(load, 20)
         stopped = time.monotonic()
         await asyncio.to_thread(fault_stack.postgres, "stop")
         await asyncio.sleep(4)
         await asyncio.to_thread(fault_stack.postgres, "start")
         back = time.monotonic()
-        await asyncio.sleep(7)
+        await answered(load, 20, sent_after=back + 5)  # healed within 5 s, asserted below
 
     statuses = load.statuses()
     assert set(statuses) <= {("GET", 200), ("GET", 503), ("POST", 201), ("POST", 503)}, statuses
@@ -203,7 +215,7 @@ async def test_a_locked_table_is_answered_within_the_deadline(fault_stack: Stack
                 await asyncio.sleep(0.1)
 
     async with timed_load(fault_stack, readers=12, writers=4) as load:
-        await asyncio.sleep(1)
+        await answered(load, 20)
         # Every read and write of notes waits: longer than the deadline twice over.
         async with locked_table(fault_stack.database):
             locked = time.monotonic()
@@ -213,7 +225,7 @@ async def test_a_locked_table_is_answered_within_the_deadline(fault_stack: Stack
         unlocked = time.monotonic()
         stop_probes.set()
         await prober
-        await asyncio.sleep(3)
+        await answered(load, 20, sent_after=unlocked + 1)
 
     statuses = load.statuses()
     assert set(statuses) <= {("GET", 200), ("GET", 503), ("POST", 201), ("POST", 503)}, statuses

@@ -3,30 +3,18 @@ real workers, with valid and with invalid input, and finds no 5xx, no status the
 does not list, and no response that breaks its schema."""
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import schemathesis
 from hypothesis import HealthCheck, given, settings
-from schemathesis import APIOperation, Case, GenerationMode
-from schemathesis.checks import not_a_server_error
-from schemathesis.core.result import Ok
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-    status_code_conformance,
-)
 
 from tests.stack import Stack
 
-CHECKS = [
-    not_a_server_error,
-    status_code_conformance,
-    content_type_conformance,
-    response_headers_conformance,
-    response_schema_conformance,
-]
+# schemathesis takes a second to import: the functions that run it import it, so that the
+# collection of every run (`make test-fast` too) does not pay for it.
+if TYPE_CHECKING:
+    from schemathesis import APIOperation, Case, GenerationMode
+
 # Per operation and mode. Any input to each endpoint is the subject of test_input.py's
 # properties (150 examples each, in process); what these add is the document's statuses,
 # schemas and headers, through nginx, which fewer examples per operation already reach.
@@ -34,23 +22,38 @@ EXAMPLES = 30
 
 
 def run_operation(
-    operation: APIOperation[Any, Any, Any, Any],
-    mode: GenerationMode,
+    operation: "APIOperation[Any, Any, Any, Any]",
+    mode: "GenerationMode",
     statuses: Counter[tuple[str, int]],
 ) -> None:
     """Up to EXAMPLES cases of one operation in one mode, each answer checked and counted."""
+    from schemathesis.checks import not_a_server_error  # noqa: PLC0415
+    from schemathesis.specs.openapi import checks  # noqa: PLC0415
+
+    conformance = [
+        not_a_server_error,
+        checks.status_code_conformance,
+        checks.content_type_conformance,
+        checks.response_headers_conformance,
+        checks.response_schema_conformance,
+    ]
 
     @given(case=operation.as_strategy(generation_mode=mode))
     @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
-    def keeps_its_openapi(case: Case[Any]) -> None:
-        response = case.call_and_validate(checks=CHECKS)
+    def keeps_its_openapi(case: "Case[Any]") -> None:
+        response = case.call_and_validate(checks=conformance)
         statuses[operation.label, response.status_code] += 1
 
     keeps_its_openapi()
 
 
-@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
-def test_every_operation_keeps_its_openapi(stack: Stack, mode: GenerationMode) -> None:
+@pytest.mark.parametrize("mode_name", ["positive", "negative"])
+def test_every_operation_keeps_its_openapi(stack: Stack, mode_name: str) -> None:
+    import schemathesis  # noqa: PLC0415
+    from schemathesis import GenerationMode  # noqa: PLC0415
+    from schemathesis.core.result import Ok  # noqa: PLC0415
+
+    mode = GenerationMode(mode_name)
     schema = schemathesis.openapi.from_url(f"{stack.url}/openapi.json")
     statuses: Counter[tuple[str, int]] = Counter()
     operations = []

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 from sqlalchemy.engine import URL, make_url
 
 from deploy.native.layout import RunLayout
-from deploy.native.processes import children
+from deploy.native.processes import alive, children, port_open, read_pid
 from deploy.native.settings import StackSettings
 from deploy.native.state import Stack as NativeStack
 from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port
@@ -95,6 +96,32 @@ class Stack:
         """The live workers of the current master."""
         return children(self.master_pid())
 
+    def down(self) -> None:
+        """`down`, and what it promises: no process of the stack alive (gunicorn's workers,
+        every daemon with a pid file in the run dir, a private PostgreSQL), no port of it
+        answering, and `status` saying so."""
+        files = [path.read_text().split() for path in self.layout.root.rglob("*.pid")]
+        running = [int(words[0]) for words in files if words and alive(int(words[0]))]
+        master = read_pid(self.layout.gunicorn_pidfile)
+        running += children(master) if master else []
+        commands = {pid: _command(pid) for pid in running}
+        settings = self.native.settings
+        ports = [self.http_port, self.ops_port, settings.prometheus_port]
+        ports.append(settings.nginx_exporter_port)
+        ports += [
+            int(self.env[name]) for name in ("POSTGRES_PORT", "PGBOUNCER_PORT") if name in self.env
+        ]
+        self.run("down")
+        # A worker the master left behind gets SIGKILL as `down` ends: gone a moment later.
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in running) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        left = [commands[pid] for pid in running if alive(pid)]
+        assert not left, f"down left processes running: {left}"
+        answering = [port for port in ports if port_open(port)]
+        assert not answering, f"down left ports answering: {answering}"
+        assert self.run("status", check=False).returncode != 0
+
     def app_log(self) -> list[dict[str, object]]:
         """Every JSON line of the app's log (app, uvicorn, gunicorn)."""
         return read_json_lines(self.layout.app_log)
@@ -118,6 +145,13 @@ class Stack:
             if line.get("event") == "request" and line.get("request_id") in request_ids:
                 pids[int(str(line["pid"]))] += 1
         return pids
+
+
+def _command(pid: int) -> str:
+    try:
+        return " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return f"pid {pid}"
 
 
 def read_json_lines(path: Path) -> list[dict[str, object]]:
@@ -174,6 +208,7 @@ def running_stack(
     try:
         stack.run("up")
         yield stack
+        stack.down()  # every stack of the suite ends by proving `down`
     finally:
         stack.run("down", check=False)
         shutil.rmtree(run_dir, ignore_errors=True)

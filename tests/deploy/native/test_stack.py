@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from deploy.native.processes import alive
+from tests.metrics import value
 from tests.postgres import (
     PG_CLUSTER,
     ROOT,
@@ -26,6 +28,7 @@ from tests.postgres import (
     locked_table,
     migrate,
 )
+from tests.service.observability.test_across_workers import scrape
 from tests.stack import (
     Load,
     Stack,
@@ -72,25 +75,57 @@ async def test_a_killed_worker_loses_and_duplicates_nothing(stack: Stack) -> Non
     assert (await httpx.AsyncClient().get(f"{stack.url}/readyz")).status_code == 200
 
 
-async def test_reload_under_load_fails_no_request(stack: Stack) -> None:
+async def test_reload_under_load_fails_no_request_and_loses_no_count(stack: Stack) -> None:
+    """New master, new workers, no failed request; and the counts stay exact across it: the
+    reads of a route the load never sends, 100 before the reload and 100 after, are all in
+    the new workers' scrape."""
     old_master, old_workers = stack.master_pid(), stack.worker_pids()
-    async with background_load(stack.url) as load:
-        await stack.arun("reload")
-    assert load.result.outcomes, "no load ran"
+    stats = {"route": "/api/v1/notes/stats", "method": "GET", "status": "200"}
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+
+        async def read_stats() -> None:
+            answers = await asyncio.gather(*(client.get("/api/v1/notes/stats") for _ in range(100)))
+            assert [answer.status_code for answer in answers] == [200] * 100
+
+        before, _ = await scrape(client, stack)
+        async with background_load(stack.url) as load:
+            await read_stats()
+            await stack.arun("reload")
+            await read_stats()
+        after, _ = await scrape(client, stack)
     assert not load.result.unexpected(), load.result.counts()
     assert stack.master_pid() != old_master
     new_workers = stack.worker_pids()
     assert len(new_workers) == len(old_workers)
     assert not set(new_workers) & set(old_workers)
+    counted = value(after, "http_requests_total", **stats)
+    assert counted - value(before, "http_requests_total", **stats) == 200
 
 
 async def test_scale_up_and_down_under_load_fails_no_request(stack: Stack) -> None:
-    async with background_load(stack.url) as load:
+    """No failed request, and the metrics follow: the live and configured worker counts, and
+    each live worker's own series."""
+    async with httpx.AsyncClient(timeout=30) as client, background_load(stack.url) as load:
         await stack.arun("scale", "3")
         assert len(stack.worker_pids()) == 3
+        deadline = time.monotonic() + 10  # a new worker's series come with its first sample
+        while True:
+            samples, _ = await scrape(client, stack)
+            sampled = {
+                dict(labels)["pid"] for (name, labels) in samples if name == "worker_cpu_seconds"
+            }
+            if sampled == {str(pid) for pid in stack.worker_pids()} or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert sampled == {str(pid) for pid in stack.worker_pids()}
+        assert value(samples, "app_workers_live") == 3
+        assert value(samples, "gunicorn_workers_configured") == 3
         await stack.arun("scale", "1")
         assert len(stack.worker_pids()) == 1
         await stack.arun("scale", "2")
+        samples, _ = await scrape(client, stack)
+        assert value(samples, "app_workers_live") == 2
+        assert value(samples, "gunicorn_workers_configured") == 2
     assert not load.result.unexpected(), load.result.counts()
     assert len(stack.worker_pids()) == 2
 
@@ -203,11 +238,6 @@ def test_status_lists_the_workers(stack: Stack) -> None:
         assert str(pid) in result.stdout
 
 
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
 @pytest.mark.stack
 async def test_sigterm_lets_slow_requests_finish_and_disposes_every_engine(
     pg_server: URL,
@@ -239,20 +269,6 @@ async def test_sigterm_lets_slow_requests_finish_and_disposes_every_engine(
                 line["pid"] for line in log if line.get("event") == "database_engine_disposed"
             }
             assert set(workers) <= disposed
-
-
-@pytest.mark.stack
-def test_down_leaves_no_process_and_no_port(pg_server: URL) -> None:
-    with fresh_database(pg_server) as url:
-        assert migrate(url, "upgrade", "head").returncode == 0
-        with running_stack(url, workers=2) as stack:
-            pids = [stack.master_pid(), *stack.worker_pids()]
-            nginx_pid = int(stack.layout.nginx_pidfile.read_text())
-            stack.run("down")
-            assert not any(alive(pid) for pid in [*pids, nginx_pid])
-            assert not _listening(stack.http_port)
-            assert not _listening(stack.ops_port)
-            assert stack.run("status", check=False).returncode != 0
 
 
 @pytest.mark.stack

@@ -59,8 +59,7 @@ async def client(database_url: URL) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="session")
 def stack(pg_server: URL) -> Iterator[Stack]:
-    """The real stack (nginx, gunicorn with two workers) on a migrated database of its own."""
-    with fresh_database(pg_server) as url:
-        assert migrate(url, "upgrade", "head").returncode == 0
-        with running_stack(url, workers=2) as running:
-            yield running
+    """The real stack (nginx, gunicorn with two workers) on a database of its own, which `up`
+    migrates as `make up` does."""
+    with fresh_database(pg_server) as url, running_stack(url, workers=2) as running:
+        yield running

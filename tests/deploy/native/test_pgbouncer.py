@@ -19,7 +19,7 @@ from deploy.native import pgbouncer
 from service.config import BudgetSettings, load, load_settings
 from service.database.connections import create_database
 from service.runtime.capacity import budget_for
-from tests.postgres import ROOT, asyncpg_dsn, backends, free_port, fresh_database, migrate
+from tests.postgres import ROOT, asyncpg_dsn, backends, free_port, fresh_database
 from tests.stack import Load, Stack, notes_by_text, running_stack
 
 SERVER_POOL = 4
@@ -95,7 +95,6 @@ def pooled_stack(pg_server: URL) -> Iterator[Stack]:
     """The real stack, `make up POOLER=pgbouncer`, 2 workers of 5 connections each on a
     PgBouncer that keeps SERVER_POOL connections to PostgreSQL."""
     with fresh_database(pg_server) as url:
-        assert migrate(url, "upgrade", "head").returncode == 0
         env = {
             "POOLER": "pgbouncer",
             "PGBOUNCER_PORT": str(free_port()),

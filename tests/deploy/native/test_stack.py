@@ -26,7 +26,6 @@ from tests.postgres import (
     free_port,
     fresh_database,
     locked_table,
-    migrate,
 )
 from tests.service.observability.test_across_workers import scrape
 from tests.stack import (
@@ -242,33 +241,29 @@ def test_status_lists_the_workers(stack: Stack) -> None:
 async def test_sigterm_lets_slow_requests_finish_and_disposes_every_engine(
     pg_server: URL,
 ) -> None:
-    with fresh_database(pg_server) as url:
-        assert migrate(url, "upgrade", "head").returncode == 0
-        with running_stack(url, workers=2) as stack:
-            async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
-                created = await client.post("/api/v1/notes", json={"text": "slow"})
-                note_url = created.headers["location"]
-                workers = stack.worker_pids()
-                master = stack.master_pid()
-                # Every read of notes waits on this lock: the requests are slow.
-                async with locked_table(url):
-                    slow = [asyncio.create_task(client.get(note_url)) for _ in range(10)]
-                    await asyncio.sleep(1)
-                    os.kill(master, signal.SIGTERM)
-                    await asyncio.sleep(2)
-                responses = await asyncio.gather(*slow)
-            for _ in range(100):
-                if not alive(master):
-                    break
-                await asyncio.sleep(0.1)
-            log = stack.app_log()
+    with fresh_database(pg_server) as url, running_stack(url, workers=2) as stack:
+        async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+            created = await client.post("/api/v1/notes", json={"text": "slow"})
+            note_url = created.headers["location"]
+            workers = stack.worker_pids()
+            master = stack.master_pid()
+            # Every read of notes waits on this lock: the requests are slow.
+            async with locked_table(url):
+                slow = [asyncio.create_task(client.get(note_url)) for _ in range(10)]
+                await asyncio.sleep(1)
+                os.kill(master, signal.SIGTERM)
+                await asyncio.sleep(2)
+            responses = await asyncio.gather(*slow)
+        for _ in range(100):
+            if not alive(master):
+                break
+            await asyncio.sleep(0.1)
+        log = stack.app_log()
 
-            assert [response.status_code for response in responses] == [200] * 10
-            assert not alive(master)
-            disposed = {
-                line["pid"] for line in log if line.get("event") == "database_engine_disposed"
-            }
-            assert set(workers) <= disposed
+        assert [response.status_code for response in responses] == [200] * 10
+        assert not alive(master)
+        disposed = {line["pid"] for line in log if line.get("event") == "database_engine_disposed"}
+        assert set(workers) <= disposed
 
 
 @pytest.mark.stack

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL
 
 from deploy.prometheus.client import Prometheus, Series
 from tests.metrics import Samples, instant_query, parse, value
-from tests.postgres import fresh_database, locked_table, migrate
+from tests.postgres import fresh_database, locked_table
 from tests.stack import Stack, read_json_lines, running_stack
 
 NOTE_ROUTE = "/api/v1/notes/{note_id}"
@@ -215,7 +215,6 @@ RECYCLED = 10
 def recycling_stack(pg_server: URL) -> Iterator[Stack]:
     """A stack whose workers are recycled every 10 requests."""
     with fresh_database(pg_server) as url:
-        assert migrate(url, "upgrade", "head").returncode == 0
         extra = {"GUNICORN_MAX_REQUESTS": "10", "GUNICORN_MAX_REQUESTS_JITTER": "0"}
         with running_stack(url, workers=2, extra_env=extra) as running:
             yield running

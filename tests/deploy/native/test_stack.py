@@ -27,7 +27,7 @@ from tests.postgres import (
     fresh_database,
     locked_table,
 )
-from tests.service.observability.test_across_workers import scrape
+from tests.service.observability.test_across_workers import NOTE_ROUTE, scrape
 from tests.stack import (
     Load,
     Stack,
@@ -250,9 +250,14 @@ async def test_sigterm_lets_slow_requests_finish_and_disposes_every_engine(
             # Every read of notes waits on this lock: the requests are slow.
             async with locked_table(url):
                 slow = [asyncio.create_task(client.get(note_url)) for _ in range(10)]
-                await asyncio.sleep(1)
+                for _ in range(100):  # until the workers hold all ten
+                    samples, _ = await scrape(client, stack)
+                    if value(samples, "http_requests_in_progress", route=NOTE_ROUTE) == 10:
+                        break
+                    await asyncio.sleep(0.1)
+                assert value(samples, "http_requests_in_progress", route=NOTE_ROUTE) == 10
                 os.kill(master, signal.SIGTERM)
-                await asyncio.sleep(2)
+                await asyncio.sleep(1)  # the workers stop taking requests, these still wait
             responses = await asyncio.gather(*slow)
         for _ in range(100):
             if not alive(master):

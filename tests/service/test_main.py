@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import asyncpg
 import httpx
@@ -91,19 +92,39 @@ def test_two_processes_each_open_their_own_pool(database_url: URL) -> None:
     assert pools.get(f"notes-service:{second.pid}", 0) >= 1, pools
 
 
-def test_import_and_app_creation_open_no_connection() -> None:
-    """A listener that counts connections stands in for the database."""
+@dataclass(frozen=True)
+class FreshProcess:
+    """What one new Python process printed, and whether it connected to the database."""
+
+    result: subprocess.CompletedProcess[str]
+    connected: bool
+
+    def lines(self) -> list[str]:
+        assert self.result.returncode == 0, self.result.stderr
+        return [line for line in self.result.stdout.splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def fresh_process() -> Iterator[FreshProcess]:
+    """One new process (one interpreter start for the two tests that read it): it imports the
+    app, creates it and its database, then logs in both formats; a listener that counts
+    connections stands in for the database."""
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
         script = (
+            "import logging, structlog\n"
             "from service.main import create_app\n"
             "from service.database.connections import create_database\n"
-            "from service.config import get_settings\n"
+            "from service.config import get_settings, load_settings\n"
             "create_app()\n"
             "create_database(get_settings())\n"
             "print('imported')\n"
+            "for log_format in ('json', 'console'):\n"
+            "    create_app(load_settings(log_format=log_format))\n"
+            "    structlog.get_logger(f'service.{log_format}').info('hello', answer=42)\n"
+            "    logging.getLogger('uvicorn.error').warning('from the standard library')\n"
         )
         result = subprocess.run(
             [sys.executable, "-c", script],
@@ -114,13 +135,20 @@ def test_import_and_app_creation_open_no_connection() -> None:
             timeout=60,
             check=False,
         )
-        assert result.returncode == 0, result.stderr
-        assert "imported" in result.stdout
         # The kernel completes a loopback connect before connect() returns, whether or not
         # anyone accepts: a connection the process made is queued here now, no wait needed.
         listener.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            listener.accept()
+        try:
+            listener.accept()[0].close()
+        except BlockingIOError:
+            yield FreshProcess(result, connected=False)
+        else:
+            yield FreshProcess(result, connected=True)
+
+
+def test_import_and_app_creation_open_no_connection(fresh_process: FreshProcess) -> None:
+    assert fresh_process.lines()[0] == "imported"
+    assert not fresh_process.connected
 
 
 @pytest.fixture
@@ -158,28 +186,9 @@ def test_production_refuses_the_default_database_url(environment: pytest.MonkeyP
         create_app()
 
 
-def test_log_format_json_for_machines_console_for_people() -> None:
+def test_log_format_json_for_machines_console_for_people(fresh_process: FreshProcess) -> None:
     """In a process of its own: logging is configured once per process, as in a worker."""
-    script = (
-        "import logging, structlog\n"
-        "from service.config import load_settings\n"
-        "from service.main import create_app\n"
-        "for log_format in ('json', 'console'):\n"
-        "    create_app(load_settings(log_format=log_format))\n"
-        "    structlog.get_logger(f'service.{log_format}').info('hello', answer=42)\n"
-        "    logging.getLogger('uvicorn.error').warning('from the standard library')\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    lines = fresh_process.lines()[1:]
     assert len(lines) == 4
     first, second = (json.loads(line) for line in lines[:2])
     assert first["event"] == "hello"

@@ -2,6 +2,8 @@
 which fail and why, and the exit status `make sweep CHECK=1` and `python -m
 loadtest.sweep_gate` give for each; no stack, nothing that depends on this machine's speed."""
 
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -12,7 +14,7 @@ import pytest
 
 from loadtest.plan import Step
 from loadtest.sweep_config import parse_args
-from loadtest.sweep_gate import DEFAULT_MIN_SCALING, Check, judge, parse_bounds
+from loadtest.sweep_gate import DEFAULT_MIN_SCALING, Check, judge, main, parse_bounds
 from loadtest.sweep_report import write_csv
 from tests.loadtest.test_sweep_report import RATES, lab, lab_step
 from tests.postgres import ROOT
@@ -28,16 +30,23 @@ def failed(checks: list[Check]) -> list[str]:
     return [check.text for check in checks if not check.held]
 
 
+def command(*argv: str) -> tuple[int, str]:
+    """The gate's command line, in this process: its exit status and what it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        try:
+            code: int | str | None = main(list(argv))
+        except SystemExit as exit_:
+            code = exit_.code
+    return int(code or 0), printed.getvalue()
+
+
 def gate(tmp_path: Path, steps: list[Step], *args: str, **summary: Any) -> tuple[int, str]:
     """Write a sweep's sweep.csv and summary.json, then run the gate's command on them."""
     write_csv(tmp_path / "sweep.csv", steps)
     conclusions = {"recommended_workers": 8, "predicted_knee": 5.8, "knee_workers": 8}
     (tmp_path / "summary.json").write_text(json.dumps(conclusions | summary))
-    result = subprocess.run(
-        [sys.executable, "-m", "loadtest.sweep_gate", str(tmp_path), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    return result.returncode, result.stdout + result.stderr
+    return command(str(tmp_path), *args)
 
 
 def test_a_lab_that_scales_passes() -> None:
@@ -124,6 +133,7 @@ def test_the_command_refuses_what_it_cannot_judge(tmp_path: Path) -> None:
     assert "WORKERS must include 4" in output
     code, output = gate(tmp_path, lab(), "--min-scaling", "2")
     assert code == 2, output
+    # As a command of its own, too: what `make sweep CHECK=1` and users run.
     nothing = subprocess.run(
         [sys.executable, "-m", "loadtest.sweep_gate", str(tmp_path / "nothing")],
         cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
@@ -135,11 +145,8 @@ def test_the_command_refuses_what_it_cannot_judge(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("sweep", "code"), [("lab-0.15", 0), ("lab", 0), ("uncapped", 2)])
 def test_the_committed_sweeps(sweep: str, code: int) -> None:
     """The lab sweeps docs/performance.md shows pass the gate; an uncapped one is refused."""
-    result = subprocess.run(
-        [sys.executable, "-m", "loadtest.sweep_gate", str(ROOT / "docs" / "sweep" / sweep)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert result.returncode == code, result.stdout + result.stderr
+    status, output = command(str(ROOT / "docs" / "sweep" / sweep))
+    assert status == code, output
 
 
 def test_bounds() -> None:

@@ -131,11 +131,12 @@ sweep: install ## Load at several worker counts, a recommendation and a capacity
 		$(call flag,CPU_PER_WORKER,--cpu-per-worker) $(call flag,PLAN_CORES,--plan-cores) \
 		$(call flag,ROUNDS,--rounds)
 
+# The benchmarks `make bench` runs, in order (loadtest/bench/<name>.py): BENCH=stack runs one.
+BENCH ?= endpoints stack log_line
 .PHONY: bench
-bench: install ## The service against hand-written FastAPI and Starlette on asyncpg, side by side: every ratio printed
+bench: install ## Side-by-side benchmarks, every ratio printed: the service against hand-written FastAPI and Starlette, the stack against uvicorn --workers N [BENCH=stack] [BENCH_FLAGS="--rounds 9"]
 	deploy/native/install-deps wrk pgbouncer
-	$(RUN) python -m loadtest.bench.endpoints
-	$(RUN) python -m loadtest.bench.log_line
+	$(foreach name,$(BENCH),$(RUN) python -m loadtest.bench.$(name) $(BENCH_FLAGS) &&) true
 
 .PHONY: migrate
 migrate: install ## Upgrade the database (DATABASE_URL) to head, under an advisory lock

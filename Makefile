@@ -132,7 +132,7 @@ sweep: install ## Load at several worker counts, a recommendation and a capacity
 		$(call flag,ROUNDS,--rounds)
 
 # The benchmarks `make bench` runs, in order (loadtest/bench/<name>.py): BENCH=stack runs one.
-BENCH ?= endpoints stack log_line
+BENCH ?= endpoints stack observer log_line
 .PHONY: bench
 bench: install ## Side-by-side benchmarks, every ratio printed: the service against hand-written FastAPI and Starlette, the stack against uvicorn --workers N [BENCH=stack] [BENCH_FLAGS="--rounds 9"]
 	deploy/native/install-deps wrk pgbouncer

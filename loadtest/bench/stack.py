@@ -10,7 +10,7 @@ per-round ratios, and where the CPU of a request went in each (nginx, gunicorn's
 workers, PostgreSQL, wrk), from the kernel's counters of every process at both ends of a round.
 
     uv run python -m loadtest.bench.stack [--workers 2] [--rounds 5] [--seconds 8]
-        [--connections 64] [--rows 10000] [--check]
+        [--connections 64] [--rows 10000] [--check] [--stack-env NAME=VALUE ...]
 
 `--check` exits 1 when the stack keeps less than 0.90 of the bare server (a gate of its own:
 speed is never asserted in `make test`). DATABASE_URL names a server; the benchmark makes and
@@ -97,7 +97,9 @@ def _backends(database: BenchDatabase) -> list[int]:
 
 
 @contextmanager
-def stack(database: BenchDatabase, workers: int) -> Iterator[Server]:
+def stack(
+    database: BenchDatabase, workers: int, settings: dict[str, str] | None = None
+) -> Iterator[Server]:
     """The stack as `make up` runs it, by the native runner, on free ports in a fresh run dir
     (nginx's unprivileged workers must reach the socket in it: not a private temp dir)."""
     run_dir = Path(tempfile.mkdtemp(prefix="bench-stack-"))
@@ -112,6 +114,7 @@ def stack(database: BenchDatabase, workers: int) -> Iterator[Server]:
         "OPS_PORT": str(free_port()),
         "PROMETHEUS_PORT": str(free_port()),
         "NGINX_EXPORTER_PORT": str(free_port()),
+        **(settings or {}),
     }
     layout = RunLayout(run_dir)
 
@@ -257,11 +260,22 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--check", action="store_true", help=f"exit 1 below {TARGET}")
+    parser.add_argument(
+        "--stack-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the stack alone, to try a variant (repeat for more)",
+    )
     args = parser.parse_args()
+    settings = dict(setting.split("=", 1) for setting in args.stack_env)
 
     print(f"load average before: {load_average()}", flush=True)
     with bench_database(args.rows) as database:
-        with stack(database, args.workers) as deployed, bare(database, args.workers) as straight:
+        with (
+            stack(database, args.workers, settings) as deployed,
+            bare(database, args.workers) as straight,
+        ):
             figures = compare([deployed, straight], args)
         rows = table(figures[deployed.label], figures[straight.label])
     print(f"load average after: {load_average()}")

@@ -101,8 +101,15 @@ class Round:
     requests: int
     p99_ms: float
     cpu_seconds: dict[str, float]
+    # Each part's voluntary context switches: how often its processes went to sleep.
+    sleeps: dict[str, int]
     machine_busy: float
     wall: float
+
+    def sleeps_per_request(self, part: str) -> float | None:
+        """How often `part`'s processes slept (waited for an event) per request."""
+        sleeps = self.sleeps.get(part)
+        return None if sleeps is None else sleeps / self.requests
 
     def cpu_ms(self, part: str) -> float | None:
         """Milliseconds of CPU `part` spent per request; None if the contender has no such
@@ -134,30 +141,35 @@ def measure(
     seconds: int,
     connections: int = 32,
 ) -> Round:
-    """One wrk run against :`port`, with the CPU each part's processes (asked for at both
-    ends: one that began during the run counts whole), wrk and the machine used meanwhile."""
-    before = {part: _cpu(pids) for part, pids in parts().items()}
+    """One wrk run against :`port`, with the CPU and sleeps of each part's processes (asked
+    for at both ends: one that began during the run counts whole), and the CPU of wrk and of
+    the machine meanwhile."""
+    before = {part: _counters(pids) for part, pids in parts().items()}
     busy, reaped, started = _busy(), _children_cpu(), time.monotonic()
     run = wrk(port, seconds, script, env, connections)
     wall, busy, wrk_cpu = time.monotonic() - started, _busy() - busy, _children_cpu() - reaped
-    after = {part: _cpu(pids) for part, pids in parts().items()}
-    used = {
-        part: sum(now - before.get(part, {}).get(pid, 0.0) for pid, now in cpu.items())
-        for part, cpu in after.items()
-    }
+    after = {part: _counters(pids) for part, pids in parts().items()}
+    used, sleeps = {}, {}
+    for part, counters in after.items():
+        earlier = before.get(part, {})
+        used[part] = sum(cpu - earlier.get(pid, (0.0, 0))[0] for pid, (cpu, _) in counters.items())
+        sleeps[part] = sum(n - earlier.get(pid, (0.0, 0))[1] for pid, (_, n) in counters.items())
     used["wrk"] = wrk_cpu  # wrk is the only child reaped meanwhile
-    return Round(run.rate, run.requests, run.p99_ms, used, busy, wall)
+    return Round(run.rate, run.requests, run.p99_ms, used, sleeps, busy, wall)
 
 
-def _cpu(pids: list[int]) -> dict[int, float]:
-    seconds = {}
+def _counters(pids: list[int]) -> dict[int, tuple[float, int]]:
+    """CPU seconds and voluntary context switches of each live process of `pids`."""
+    counters = {}
     for pid in pids:
         try:
-            times = psutil.Process(pid).cpu_times()
+            process = psutil.Process(pid)
+            with process.oneshot():
+                times, switches = process.cpu_times(), process.num_ctx_switches()
         except psutil.Error:
             continue
-        seconds[pid] = times.user + times.system
-    return seconds
+        counters[pid] = (times.user + times.system, switches.voluntary)
+    return counters
 
 
 def _busy() -> float:

@@ -246,6 +246,8 @@ def table(stack_rounds: list[Round], bare_rounds: list[Round]) -> list[tuple[str
         ("read, stack / bare by CPU per request", f"{by_cpu:.2f}", "bare's / the stack's"),
         row("p99 ms (median)", lambda one: one.p99_ms, 1),
         *(row(f"CPU ms/request: {part}", cpu(part)) for part in (*PARTS, "wrk")),
+        # nginx sleeps in epoll_wait between events: each wake-up costs it a context switch.
+        row("nginx's sleeps per request", lambda one: one.sleeps_per_request("nginx"), 2),
         row("CPU ms/request: all of the above", Round.total_cpu_ms),
         row("machine busy, cores (neighbours included)", Round.busy_cores, 2),
     ]

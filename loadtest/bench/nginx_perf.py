@@ -6,7 +6,10 @@ sample is put in the first category whose mark is in its call chain, in this ord
 
     sudo perf record -g -e cpu-clock -F 1999 -o nginx.perf \\
         -p "$(pgrep -d, -P "$(cat .run/nginx/nginx.pid)")" -- sleep 10   # while wrk runs
-    uv run python -m loadtest.bench.nginx_perf nginx.perf
+    uv run python -m loadtest.bench.nginx_perf nginx.perf [--requests N]
+
+With `--requests` (what nginx served while perf recorded), each category also in µs of CPU
+per request.
 """
 
 import argparse
@@ -29,13 +32,18 @@ CATEGORIES = (
 )  # fmt: skip
 
 
-def samples(data: str) -> list[str]:
-    """Each sample's call chain as one string, from `perf script`."""
+def samples(data: str) -> list[tuple[int, str]]:
+    """Each sample's CPU in nanoseconds (its period) and call chain, from `perf script`."""
     output = subprocess.run(
-        ["perf", "script", "-i", data, "-F", "ip,sym,dso"],
+        ["perf", "script", "-i", data, "-F", "period,ip,sym,dso"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
-    return [chain for chain in output.split("\n\n") if chain.strip()]
+    found = []
+    for sample in output.split("\n\n"):
+        period, _, chain = sample.strip().partition("\n")
+        if chain:
+            found.append((int(period), chain))
+    return found
 
 
 def category(chain: str) -> str:
@@ -50,14 +58,21 @@ def main() -> None:
     """Command line: each category's share of the samples."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="perf.data of nginx's workers")
+    parser.add_argument("--requests", type=int, help="requests served while perf recorded")
     args = parser.parse_args()
-    chains = samples(args.data)
-    if not chains:
+    found = samples(args.data)
+    if not found:
         sys.exit(f"{args.data} holds no samples")
-    counts = Counter(category(chain) for chain in chains)
-    print(f"| nginx's workers, {len(chains)} samples | share |\n| --- | ---: |")
-    for name, count in counts.most_common():
-        print(f"| {name} | {count / len(chains):.0%} |")
+    nanoseconds: Counter[str] = Counter()
+    for period, chain in found:
+        nanoseconds[category(chain)] += period
+    total = sum(nanoseconds.values())
+    per_request = f" | µs/request (of {total / args.requests / 1000:.0f})" if args.requests else ""
+    print(f"| nginx's workers, {len(found)} samples | share{per_request} |")
+    print(f"| --- | ---:{' | ---:' if args.requests else ''} |")
+    for name, spent in nanoseconds.most_common():
+        cost = f" | {spent / args.requests / 1000:.1f}" if args.requests else ""
+        print(f"| {name} | {spent / total:.0%}{cost} |")
 
 
 if __name__ == "__main__":

@@ -160,24 +160,30 @@ def compare(
 
 
 def versions_file(database: str, first: int, last: int) -> str:
-    """The current version of notes first..last, one `id version` per line, in a file."""
+    """The current version of notes first..last, one `id version` per line, in a file, once
+    they have settled: PATCHes that the contender's previous run sent may still commit after
+    wrk has stopped (the rounds alternate, so a contender may run twice in a row)."""
 
-    async def read() -> list[asyncpg.Record]:
+    async def read() -> list[tuple[int, int]]:
         connection = await asyncpg.connect(database)
         try:
-            return list(
-                await connection.fetch(
-                    "SELECT id, version FROM notes WHERE id BETWEEN $1 AND $2 ORDER BY id",
-                    first,
-                    last,
-                )
+            rows = await connection.fetch(
+                "SELECT id, version FROM notes WHERE id BETWEEN $1 AND $2 ORDER BY id",
+                first,
+                last,
             )
+            return [(row["id"], row["version"]) for row in rows]
         finally:
             await connection.close()
 
-    rows = asyncio.run(read())
+    versions, deadline = asyncio.run(read()), time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        settled, versions = versions, asyncio.run(read())
+        if settled == versions:
+            break
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as file:
-        file.write("".join(f"{row['id']} {row['version']}\n" for row in rows))
+        file.write("".join(f"{note} {version}\n" for note, version in versions))
     return file.name
 
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
-import httpx
 import psutil
 
 from deploy.native import monitoring
@@ -140,7 +139,7 @@ def stack(
         started = runner("up")
         if started.returncode != 0:
             raise SystemExit(f"the stack did not start:\n{started.stdout}{started.stderr}")
-        yield Server(f"stack, {workers} workers", http_port, parts)
+        yield Server(f"stack, {workers} worker{'s' * (workers > 1)}", http_port, parts)
     finally:
         runner("down")
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -161,16 +160,20 @@ def bare(database: BenchDatabase, workers: int) -> Iterator[Server]:
     }
     argv = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app",
             "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    with (directory / "app.log").open("ab") as log:
-        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log = directory / "app.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
-        while len(_children(process.pid)) < workers or not _answers(port):
+        # Every worker says so once its lifespan has started (uvicorn's own line).
+        while log.read_text().count("Application startup complete") < workers:
             if time.monotonic() > deadline or process.poll() is not None:
-                raise SystemExit(f"uvicorn --workers {workers} did not answer on :{port}")
+                raise SystemExit(f"uvicorn --workers {workers} did not start; see {log}")
             time.sleep(0.2)
 
         def parts() -> dict[str, list[int]]:
+            if workers == 1:  # uvicorn serves in its own process, without a supervisor
+                return {"workers": [process.pid], "PostgreSQL": _backends(database)}
             return {
                 "uvicorn supervisor": [process.pid],
                 "workers": _children(process.pid),
@@ -182,13 +185,6 @@ def bare(database: BenchDatabase, workers: int) -> Iterator[Server]:
         process.terminate()
         process.wait(timeout=60)
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _answers(port: int) -> bool:
-    try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def compare(servers: list[Server], args: argparse.Namespace) -> dict[str, list[Round]]:

@@ -146,11 +146,12 @@ bench-scaling: install ## The scaling lab's gate on the running stack: 1 2 4 8 w
 	$(RUN) python -m loadtest.sweep --workers "1 2 4 8" --cpu-per-worker 0.15 --rounds 5 \
 		--run-time 10 --warmup 4 --processes 2 --check $(GATE_FLAGS)
 
+# The benchmarks `make bench` runs, in order (loadtest/bench/<name>.py): BENCH=stack runs one.
+BENCH ?= endpoints stack observer log_line
 .PHONY: bench
-bench: install ## The service against hand-written FastAPI and Starlette on asyncpg, side by side: every ratio printed
+bench: install ## Side-by-side benchmarks, every ratio printed: the service against hand-written FastAPI and Starlette, the stack against uvicorn --workers N [BENCH=stack] [BENCH_FLAGS="--rounds 9"]
 	deploy/native/install-deps wrk pgbouncer
-	$(RUN) python -m loadtest.bench.endpoints
-	$(RUN) python -m loadtest.bench.log_line
+	$(foreach name,$(BENCH),$(RUN) python -m loadtest.bench.$(name) $(BENCH_FLAGS) &&) true
 
 .PHONY: migrate
 migrate: install ## Upgrade the database (DATABASE_URL) to head, under an advisory lock

@@ -169,6 +169,21 @@ def read_json_lines(path: Path) -> list[dict[str, object]]:
     return lines
 
 
+async def nginx_access_lines(path: Path, request_ids: set[str]) -> list[dict[str, object]]:
+    """nginx's access lines of these requests, once every one of them is in `path`: nginx
+    buffers its access log and writes it at least once a second (nginx.conf)."""
+    deadline = asyncio.get_running_loop().time() + 5
+    while True:
+        lines = [line for line in read_json_lines(path) if line.get("request_id") in request_ids]
+        if {line["request_id"] for line in lines} >= request_ids:
+            return lines
+        if asyncio.get_running_loop().time() > deadline:
+            missing = request_ids - {line["request_id"] for line in lines}
+            msg = f"{len(missing)} requests have no line in {path.name} after 5 s: {missing}"
+            raise AssertionError(msg)
+        await asyncio.sleep(0.2)
+
+
 @contextmanager
 def running_stack(
     database: URL | None, workers: int = 2, extra_env: dict[str, str] | None = None

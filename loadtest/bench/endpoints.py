@@ -6,14 +6,20 @@ the machine's noise hits all of them alike. Printed, with every ratio:
 
     reads    GET /api/v1/notes/{id}, random ids: bare Starlette + asyncpg, FastAPI + asyncpg,
              the service as deployed (access line at INFO, multiprocess metrics), and the
-             service with its access line and request metrics off, and the service through
-             PgBouncer (transaction mode, DB_POOLER=pgbouncer) and straight to PostgreSQL with
-             the statement cache off as behind it: what the pooler costs, and why
+             service through PgBouncer (transaction mode, DB_POOLER=pgbouncer) and straight
+             to PostgreSQL with the statement cache off as behind it: what the pooler costs,
+             and why
     writes   POST, and PATCH with a current If-Match: Starlette + asyncpg against the service
     memory   the service worker's resident memory after all of that
+    observability  the service's reads as deployed against ACCESS_LOG=false
+             REQUEST_METRICS=false, in more and shorter rounds of their own: a few percent
+             between two contenders needs more pairs than the rest
     start    seconds from a gunicorn worker's fork to its ready marker
 
+Each round also prints the CPU the contender's worker spent per request.
+
     uv run python -m loadtest.bench.endpoints [--seconds 8] [--rounds 5] [--rows 10000]
+        [--observability-rounds 15] [--observability-seconds 4] [--only observability]
 
 DATABASE_URL names a server; the benchmark makes and drops its own database there.
 """
@@ -21,17 +27,16 @@ DATABASE_URL names a server; the benchmark makes and drops its own database ther
 import argparse
 import asyncio
 import os
-import re
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import asyncpg
@@ -39,18 +44,18 @@ import httpx
 import psutil
 
 from deploy.native import pgbouncer
+from loadtest.bench.harness import (
+    READ,
+    ROOT,
+    Round,
+    bench_database,
+    load_average,
+    measure,
+    median_ratio,
+    schedule,
+)
 from service.runtime.layout import GunicornLayout
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-
-READ = """
-math.randomseed(os.time())
-local rows = tonumber(os.getenv("BENCH_ROWS"))
-request = function()
-  return wrk.format("GET", "/api/v1/notes/" .. math.random(1, rows))
-end
-"""
 CREATE = """
 request = function()
   return wrk.format("POST", "/api/v1/notes", {["Content-Type"] = "application/json"},
@@ -93,23 +98,6 @@ class Contender:
     env: dict[str, str]
 
 
-def wrk(port: int, seconds: int, script: str, env: dict[str, str]) -> tuple[float, str]:
-    """Requests per second and p99 of one wrk run; any non-2xx answer stops the benchmark."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua") as lua:
-        lua.write(script)
-        lua.flush()
-        output = subprocess.run(
-            ["wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", lua.name,
-             f"http://127.0.0.1:{port}"],
-            env={**os.environ, **env}, capture_output=True, text=True, check=True,
-        ).stdout  # fmt: skip
-    if "Non-2xx" in output or "Socket errors" in output:
-        raise SystemExit(f"wrk saw errors against :{port}:\n{output}")
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.MULTILINE).group(1)  # type: ignore[union-attr]
-    return rate, p99
-
-
 @contextmanager
 def serving(contender: Contender) -> Iterator[subprocess.Popen[bytes]]:
     """One uvicorn worker of `contender`, answering, until the block ends."""
@@ -144,42 +132,58 @@ def compare(
     contenders: list[Contender],
     script: str,
     args: argparse.Namespace,
+    *,
+    processes: dict[str, "subprocess.Popen[bytes]"],
     prepare: Callable[[Contender], dict[str, str]] | None = None,
-) -> dict[str, list[float]]:
-    """Alternating rounds of `script` against each contender; the req/s of each, by round."""
-    rates: dict[str, list[float]] = {contender.label: [] for contender in contenders}
-    for round_number in range(args.rounds + 1):
-        for contender in contenders:
-            env = prepare(contender) if prepare else {}
-            env["BENCH_ROWS"] = str(args.rows)
-            seconds = 3 if round_number == 0 else args.seconds  # round 0 warms caches up
-            rate, p99 = wrk(contender.port, seconds, script, env)
-            if round_number:
-                rates[contender.label].append(rate)
-                line = f"{title} round {round_number} {contender.label:28s} {rate:8.0f} req/s"
-                print(f"{line}  p99 {p99}", flush=True)
-    return rates
+) -> dict[str, list[Round]]:
+    """Alternating rounds of `script` against each contender (whose worker is in
+    `processes`); each contender's counted rounds."""
+    rounds: dict[str, list[Round]] = {contender.label: [] for contender in contenders}
+    for number, contender in schedule(contenders, args.rounds):
+        env = prepare(contender) if prepare else {}
+        env["BENCH_ROWS"] = str(args.rows)
+        one = measure(
+            contender.port,
+            partial(dict, worker=[processes[contender.label].pid]),
+            script=script,
+            env=env,
+            seconds=args.seconds if number else 3,  # round 0 warms caches up
+        )
+        if number:
+            rounds[contender.label].append(one)
+            print(
+                f"{title} round {number} {contender.label:28s} {one.rate:8.0f} req/s  "
+                f"p99 {one.p99_ms:6.1f} ms  worker CPU {one.cpu_ms('worker'):.3f} ms/request",
+                flush=True,
+            )
+    return rounds
 
 
 def versions_file(database: str, first: int, last: int) -> str:
-    """The current version of notes first..last, one `id version` per line, in a file."""
+    """The current version of notes first..last, one `id version` per line, in a file, once
+    they have settled: PATCHes that the contender's previous run sent may still commit after
+    wrk has stopped (the rounds alternate, so a contender may run twice in a row)."""
 
-    async def read() -> list[asyncpg.Record]:
+    async def read() -> list[tuple[int, int]]:
         connection = await asyncpg.connect(database)
         try:
-            return list(
-                await connection.fetch(
-                    "SELECT id, version FROM notes WHERE id BETWEEN $1 AND $2 ORDER BY id",
-                    first,
-                    last,
-                )
+            rows = await connection.fetch(
+                "SELECT id, version FROM notes WHERE id BETWEEN $1 AND $2 ORDER BY id",
+                first,
+                last,
             )
+            return [(row["id"], row["version"]) for row in rows]
         finally:
             await connection.close()
 
-    rows = asyncio.run(read())
+    versions, deadline = asyncio.run(read()), time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        settled, versions = versions, asyncio.run(read())
+        if settled == versions:
+            break
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as file:
-        file.write("".join(f"{row['id']} {row['version']}\n" for row in rows))
+        file.write("".join(f"{note} {version}\n" for note, version in versions))
     return file.name
 
 
@@ -231,122 +235,136 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument(
+        "--only",
+        choices=["observability"],
+        help="observability: only the service's reads with and without it",
+    )
+    # A few percent between two contenders: more and shorter rounds than the rest.
+    parser.add_argument("--observability-rounds", type=int, default=15)
+    parser.add_argument("--observability-seconds", type=int, default=4)
     args = parser.parse_args()
 
-    server = os.environ.get("DATABASE_URL", DEFAULT_SERVER)
-    name = f"notes_bench_{uuid.uuid4().hex[:8]}"
-    base = server.rsplit("/", 1)[0]
-    url = f"{base}/{name}"
-    plain = url.replace("+asyncpg", "")
-    asyncio.run(_admin(f"{base}/postgres".replace("+asyncpg", ""), f'CREATE DATABASE "{name}"'))
-    try:
-        env = {**os.environ, "DATABASE_URL": url, "LOG_LEVEL": "INFO", "ENVIRONMENT": "test"}
-        subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            cwd=ROOT,
-            env=env,
-            check=True,
-            capture_output=True,
-        )
-        asyncio.run(_seed(plain, args.rows))
-        metrics_dir = tempfile.mkdtemp(prefix="bench-metrics-")
-        deployed = {**env, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
-        quiet = {**deployed, "ACCESS_LOG": "false", "REQUEST_METRICS": "false"}
-        service_app = ["--factory", "service.main:create_app"]
-        bare = Contender("bare Starlette + asyncpg", ["loadtest.bench.contenders:bare"], 18101, env)
-        fastapi = Contender(
-            "FastAPI + asyncpg", ["loadtest.bench.contenders:fastapi_raw"], 18102, env
-        )
-        service = Contender("service, as deployed", service_app, 18103, deployed)
-        unobserved = Contender("service, no observability", service_app, 18104, quiet)
-        with ExitStack() as stack:
-            bouncer = stack.enter_context(pgbouncer.standalone(url, port=18199))
-            pooled = Contender(
-                "service, through PgBouncer",
-                service_app,
-                18105,
-                {**deployed, "DATABASE_URL": bouncer, "DB_POOLER": "pgbouncer"},
-            )
-            # DB_POOLER=pgbouncer on a direct connection: what the statement cache saves.
-            uncached = Contender(
-                "service, no statement cache",
-                service_app,
-                18106,
-                {**deployed, "DB_POOLER": "pgbouncer"},
-            )
-            readers = [bare, fastapi, service, unobserved, uncached, pooled]
-            processes = {c.label: stack.enter_context(serving(c)) for c in readers}
-            reads = compare("read", readers, READ, args)
-            creates = compare("create", [bare, service], CREATE, args)
-            half = args.rows // 2
-            ranges = {bare.label: (1, half), service.label: (half + 1, args.rows)}
-            updates = compare(
-                "update",
-                [bare, service],
-                UPDATE,
-                args,
-                prepare=lambda c: {"BENCH_VERSIONS": versions_file(plain, *ranges[c.label])},
-            )
-            memory = psutil.Process(processes[service.label].pid).memory_info().rss / 2**20
-        start = worker_start_seconds(env)
-    finally:
-        asyncio.run(
-            _admin(
-                f"{base}/postgres".replace("+asyncpg", ""),
-                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
-            )
-        )
-
-    def ratio(figures: dict[str, list[float]], over: Contender, of: Contender = service) -> str:
-        # Round by round: both ran within seconds of each other, under the same noise.
-        pairs = zip(figures[of.label], figures[over.label], strict=True)
-        return f"{statistics.median(mine / theirs for mine, theirs in pairs):.2f}"
-
-    def rate(figures: dict[str, list[float]], label: str) -> str:
-        return f"{statistics.median(figures[label]):,.0f}"
-
-    rows = [
-        *((f"read req/s, {label}", rate(reads, label), "") for label in reads),
-        ("read, service / bare", ratio(reads, bare), ">= 0.50"),
-        ("read, service / FastAPI + asyncpg", ratio(reads, fastapi), ">= 0.64"),
-        ("read, cost of observability", f"{1 - float(ratio(reads, unobserved)):.0%}", "<= 10%"),
-        ("read, cost of PgBouncer", f"{1 - float(ratio(reads, service, pooled)):.0%}", ""),
-        (
-            "read, of which no statement cache",
-            f"{1 - float(ratio(reads, service, uncached)):.0%}",
-            "",
-        ),
-        *((f"create req/s, {label}", rate(creates, label), "") for label in creates),
-        ("create, service / Starlette + asyncpg", ratio(creates, bare), ">= 0.50"),
-        *((f"update req/s, {label}", rate(updates, label), "") for label in updates),
-        ("update, service / Starlette + asyncpg", ratio(updates, bare), ">= 0.50"),
-        ("service worker resident memory, MB", f"{memory:.0f}", "<= 80"),
-        ("worker ready after fork, s (median)", f"{statistics.median(start):.2f}", "<= 1"),
-    ]
+    print(f"load average before: {load_average()}", flush=True)
+    with bench_database(args.rows) as database:
+        env = {**os.environ, "DATABASE_URL": database.url, "LOG_LEVEL": "INFO"}
+        env["ENVIRONMENT"] = "test"
+        rows = [] if args.only else everything(env, database.dsn, args)
+        rows += observability(env, args)
+        if not args.only:
+            start = statistics.median(worker_start_seconds(env))
+            rows.append(("worker ready after fork, s (median)", f"{start:.2f}", "<= 1"))
+    print(f"load average after: {load_average()}")
     print("\n| figure | value | target |\n| --- | --- | --- |")
     for figure, value, target in rows:
         print(f"| {figure} | {value} | {target} |")
 
 
-async def _admin(dsn: str, statement: str) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(statement)
-    finally:
-        await connection.close()
+def _service_contenders(env: dict[str, str]) -> tuple[Contender, Contender]:
+    """The service as deployed (access line at INFO, multiprocess metrics), and without its
+    access line and request metrics."""
+    deployed = {**env, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-")}
+    quiet = {**deployed, "ACCESS_LOG": "false", "REQUEST_METRICS": "false"}
+    service_app = ["--factory", "service.main:create_app"]
+    return (
+        Contender("service, as deployed", service_app, 18103, deployed),
+        Contender("service, no observability", service_app, 18104, quiet),
+    )
 
 
-async def _seed(dsn: str, rows: int) -> None:
-    connection = await asyncpg.connect(dsn)
-    try:
-        await connection.execute(
-            "INSERT INTO notes (text, completed) "
-            "SELECT 'note number ' || n, n % 3 = 0 FROM generate_series(1, $1) AS n",
-            rows,
+def _ratio(figures: dict[str, list[Round]], of: Contender, over: Contender) -> float:
+    """The median of the round-by-round ratios of `of`'s rate to `over`'s."""
+    return median_ratio(*([one.rate for one in figures[c.label]] for c in (of, over)))
+
+
+def _rate(figures: dict[str, list[Round]], label: str) -> str:
+    return f"{statistics.median(one.rate for one in figures[label]):,.0f}"
+
+
+def observability(env: dict[str, str], args: argparse.Namespace) -> list[tuple[str, str, str]]:
+    """What the access line and the request metrics cost one worker's reads: in rate, and in
+    the worker's CPU per request."""
+    service, unobserved = _service_contenders(env)
+    rounds = argparse.Namespace(
+        **{**vars(args), "rounds": args.observability_rounds, "seconds": args.observability_seconds}
+    )
+    with serving(service) as observed_worker, serving(unobserved) as quiet_worker:
+        processes = {service.label: observed_worker, unobserved.label: quiet_worker}
+        reads = compare("observability", [service, unobserved], READ, rounds, processes=processes)
+    cpu = median_ratio(
+        *([one.cpu_ms("worker") or 0.0 for one in reads[c.label]] for c in (service, unobserved))
+    )
+    return [
+        *(
+            (f"observability rounds: read req/s, {label}", _rate(reads, label), "")
+            for label in reads
+        ),
+        ("read, cost of observability", f"{1 - _ratio(reads, service, unobserved):.0%}", "<= 10%"),
+        ("read, cost of observability in the worker's CPU per request", f"{cpu - 1:.0%}", ""),
+    ]
+
+
+def everything(
+    env: dict[str, str], dsn: str, args: argparse.Namespace
+) -> list[tuple[str, str, str]]:
+    """Every contender: reads, writes, PgBouncer and memory, as the rows of the table."""
+    service, _ = _service_contenders(env)
+    bare = Contender("bare Starlette + asyncpg", ["loadtest.bench.contenders:bare"], 18101, env)
+    fastapi = Contender("FastAPI + asyncpg", ["loadtest.bench.contenders:fastapi_raw"], 18102, env)
+    with ExitStack() as stack:
+        bouncer = stack.enter_context(pgbouncer.standalone(env["DATABASE_URL"], port=18199))
+        pooled = Contender(
+            "service, through PgBouncer",
+            service.app,
+            18105,
+            {**service.env, "DATABASE_URL": bouncer, "DB_POOLER": "pgbouncer"},
         )
-        await connection.execute("ANALYZE notes")
-    finally:
-        await connection.close()
+        # DB_POOLER=pgbouncer on a direct connection: what the statement cache saves.
+        uncached = Contender(
+            "service, no statement cache",
+            service.app,
+            18106,
+            {**service.env, "DB_POOLER": "pgbouncer"},
+        )
+        readers = [bare, fastapi, service, uncached, pooled]
+        processes = {c.label: stack.enter_context(serving(c)) for c in readers}
+        reads = compare("read", readers, READ, args, processes=processes)
+        creates = compare("create", [bare, service], CREATE, args, processes=processes)
+        half = args.rows // 2
+        ranges = {bare.label: (1, half), service.label: (half + 1, args.rows)}
+        updates = compare(
+            "update",
+            [bare, service],
+            UPDATE,
+            args,
+            processes=processes,
+            prepare=lambda c: {"BENCH_VERSIONS": versions_file(dsn, *ranges[c.label])},
+        )
+        memory = psutil.Process(processes[service.label].pid).memory_info().rss / 2**20
+
+    def cost(of: Contender) -> str:
+        return f"{1 - _ratio(reads, of, service):.0%}"
+
+    return [
+        *((f"read req/s, {label}", _rate(reads, label), "") for label in reads),
+        ("read, service / bare", f"{_ratio(reads, service, bare):.2f}", ">= 0.50"),
+        ("read, service / FastAPI + asyncpg", f"{_ratio(reads, service, fastapi):.2f}", ">= 0.64"),
+        ("read, cost of PgBouncer", cost(pooled), ""),
+        ("read, of which no statement cache", cost(uncached), ""),
+        *((f"create req/s, {label}", _rate(creates, label), "") for label in creates),
+        (
+            "create, service / Starlette + asyncpg",
+            f"{_ratio(creates, service, bare):.2f}",
+            ">= 0.50",
+        ),
+        *((f"update req/s, {label}", _rate(updates, label), "") for label in updates),
+        (
+            "update, service / Starlette + asyncpg",
+            f"{_ratio(updates, service, bare):.2f}",
+            ">= 0.50",
+        ),
+        ("service worker resident memory, MB", f"{memory:.0f}", "<= 80"),
+    ]
 
 
 if __name__ == "__main__":

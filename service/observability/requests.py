@@ -25,6 +25,8 @@ from service.observability.metrics import HTTP_DURATION, HTTP_IN_PROGRESS, HTTP_
 
 logger = structlog.get_logger("service.access")
 
+# The access line: a UTC datetime as "...Z", and the line's own newline.
+_LINE = orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE
 # The label every path that matches no route shares, so scanners cannot mint new values.
 UNMATCHED_ROUTE = "<unmatched>"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -167,26 +169,30 @@ class RequestObserver:
     ) -> None:
         scope = observation.scope
         client = scope.get("client")
-        fields = {
-            "method": scope["method"],
-            "path": scope["path"],
-            "route": route,
-            "status": status,
-            "duration_ms": round(duration * 1000, 3),
-            "client_ip": client[0] if client else None,
-        }
+        client_ip = client[0] if client else None
+        duration_ms = round(duration * 1000, 3)
         if not self.json_lines:
-            logger.info("request", **fields)
+            logger.info(
+                "request", method=scope["method"], path=scope["path"], route=route,
+                status=status, duration_ms=duration_ms, client_ip=client_ip,
+            )  # fmt: skip
             return
         line = {
-            "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            # orjson writes the datetime as the shared chain's TimeStamper does ("...Z"), at a
+            # third of isoformat()'s cost.
+            "timestamp": datetime.now(UTC),
             "level": "info",
             "event": "request",
             "logger": "service.access",
             "pid": self.pid,
             "request_id": observation.request_id,
-            **fields,
+            "method": scope["method"],
+            "path": scope["path"],
+            "route": route,
+            "status": status,
+            "duration_ms": duration_ms,
+            "client_ip": client_ip,
         }
         # One write(2) per line, as structlog's own lines: lines from several workers to one
         # file (O_APPEND) or pipe (under PIPE_BUF) never interleave.
-        os.write(self.stdout, orjson.dumps(line, default=str) + b"\n")
+        os.write(self.stdout, orjson.dumps(line, default=str, option=_LINE))

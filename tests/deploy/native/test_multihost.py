@@ -34,7 +34,7 @@ from tests.multihost import (
     topology,
 )
 from tests.postgres import ROOT, backends
-from tests.stack import Load, background_load, notes_by_text, read_json_lines
+from tests.stack import Load, background_load, nginx_access_lines, notes_by_text
 
 READ_ROUTE = "/api/v1/notes/{note_id}"
 
@@ -134,9 +134,8 @@ async def test_load_spreads_over_both_hosts_and_their_counts_add_up(
     assert sum(served.values()) == 300, served
     assert all(count >= 300 * 0.3 for count in served.values()), served
     # The proxy's access log names the host of each request, and agrees with the hosts.
-    await asyncio.sleep(0.5)  # the last access lines
-    lines = read_json_lines(net.proxy.layout.nginx_access_log)
-    upstreams = Counter(line["upstream"] for line in lines if line["request_id"] in request_ids)
+    lines = await nginx_access_lines(net.proxy.layout.nginx_access_log, request_ids)
+    upstreams = Counter(line["upstream"] for line in lines)
     assert upstreams == {f"{host}:{APP_PORT}": count for host, count in served.items()}
 
     # Prometheus scrapes each host: the dashboard's by-host lines add up to its total.

@@ -32,8 +32,8 @@ from tests.stack import (
     Load,
     Stack,
     background_load,
+    nginx_access_lines,
     notes_by_text,
-    read_json_lines,
     running_stack,
 )
 
@@ -150,8 +150,7 @@ async def test_request_id_is_echoed_when_valid_and_generated_otherwise(stack: St
         assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
     app_line = next(line for line in await stack.logged({mine}) if line.get("request_id") == mine)
     assert app_line["route"] == "/healthz"
-    nginx_lines = read_json_lines(stack.layout.nginx_access_log)
-    assert any(line["request_id"] == mine for line in nginx_lines)
+    assert await nginx_access_lines(stack.layout.nginx_access_log, {mine})
 
 
 async def test_the_app_sees_the_client_address_nginx_saw(stack: Stack) -> None:

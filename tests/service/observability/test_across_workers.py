@@ -15,7 +15,7 @@ from sqlalchemy.engine import URL
 from deploy.prometheus.client import Prometheus, Series
 from tests.metrics import Samples, instant_query, parse, value
 from tests.postgres import fresh_database, locked_table
-from tests.stack import Stack, read_json_lines, running_stack
+from tests.stack import Stack, nginx_access_lines, running_stack
 
 NOTE_ROUTE = "/api/v1/notes/{note_id}"
 
@@ -195,8 +195,7 @@ async def test_every_app_log_line_is_json_with_the_required_fields(stack: Stack)
     assert ours["path"] == "/api/v1/notes/1"
     odd_line = next(line for line in access if line["request_id"] == "odd-path")
     assert odd_line["path"] == "/api/v1/notes/a\x85b\u2028c"
-    nginx = read_json_lines(stack.layout.nginx_access_log)
-    assert any(line["request_id"] == "abc-123" for line in nginx)
+    assert await nginx_access_lines(stack.layout.nginx_access_log, {"abc-123"})
 
 
 def _served_by(stack: Stack) -> set[object]:

@@ -1,0 +1,289 @@
+"""`make bench`: what the stack itself costs against `uvicorn --workers N` straight.
+
+The stack as `make up` runs it (nginx → gunicorn with the stack's worker class and
+gunicorn.conf.py → N workers, access logs and metrics as deployed, Prometheus scraping),
+started by the native runner on free ports in a run directory of its own, against what a user
+would run instead of it: `uvicorn --workers N --factory service.main:create_app`, no proxy.
+The same app, database, rows and N; wrk (one thread, 64 connections) reads random ids from
+each in turn, in alternating rounds. Printed: each round, then the medians, the median of the
+per-round ratios, and where the CPU of a request went in each (nginx, gunicorn's master, the
+workers, PostgreSQL, wrk), from the kernel's counters of every process at both ends of a round.
+
+    uv run python -m loadtest.bench.stack [--workers 2] [--rounds 5] [--seconds 8]
+        [--connections 64] [--rows 10000] [--check] [--stack-env NAME=VALUE ...]
+
+`--check` exits 1 when the stack keeps less than 0.90 of the bare server (a gate of its own:
+speed is never asserted in `make test`). DATABASE_URL names a server; the benchmark makes and
+drops its own database there.
+"""
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+from deploy.native import monitoring
+from deploy.native.layout import RunLayout
+from deploy.native.processes import read_pid
+from loadtest.bench.harness import (
+    READ,
+    ROOT,
+    BenchDatabase,
+    Round,
+    bench_database,
+    free_port,
+    load_average,
+    measure,
+    median_of,
+    median_ratio,
+    schedule,
+)
+
+TARGET = 0.90
+# Where a request's CPU goes, in the order the table prints it.
+PARTS = ("nginx", "gunicorn master", "uvicorn supervisor", "workers", "monitoring", "PostgreSQL")
+
+
+@dataclass
+class Server:
+    """One contender: where it listens, and its processes by part (asked afresh each time:
+    a worker may be replaced between rounds)."""
+
+    label: str
+    port: int
+    parts: Callable[[], dict[str, list[int]]]
+
+
+def _tree(pid: int | None) -> list[int]:
+    """`pid` and its children (nginx's master and workers, uvicorn's supervisor and workers)."""
+    if pid is None:
+        return []
+    try:
+        return [pid, *(child.pid for child in psutil.Process(pid).children())]
+    except psutil.Error:
+        return []
+
+
+def _children(pid: int | None) -> list[int]:
+    return _tree(pid)[1:]
+
+
+def _backends(database: BenchDatabase) -> list[int]:
+    """PostgreSQL's backends serving the benchmark's database."""
+
+    async def query() -> list[int]:
+        connection = await asyncpg.connect(database.dsn)
+        try:
+            rows = await connection.fetch(
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1", database.name
+            )
+            return [row["pid"] for row in rows]
+        finally:
+            await connection.close()
+
+    return asyncio.run(query())
+
+
+@contextmanager
+def stack(
+    database: BenchDatabase, workers: int, settings: dict[str, str] | None = None
+) -> Iterator[Server]:
+    """The stack as `make up` runs it, by the native runner, on free ports in a fresh run dir
+    (nginx's unprivileged workers must reach the socket in it: not a private temp dir)."""
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-stack-"))
+    run_dir.chmod(0o755)
+    http_port = free_port()
+    env = {
+        **os.environ,
+        "RUN_DIR": str(run_dir),
+        "DATABASE_URL": database.url,
+        "WEB_CONCURRENCY": str(workers),
+        "HTTP_PORT": str(http_port),
+        "OPS_PORT": str(free_port()),
+        "PROMETHEUS_PORT": str(free_port()),
+        "NGINX_EXPORTER_PORT": str(free_port()),
+        **(settings or {}),
+    }
+    layout = RunLayout(run_dir)
+
+    def runner(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "deploy.native", command],
+            cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300,
+        )  # fmt: skip
+
+    def parts() -> dict[str, list[int]]:
+        master = read_pid(layout.gunicorn_pidfile)
+        return {
+            "nginx": _tree(read_pid(layout.nginx_pidfile)),
+            "gunicorn master": [master] if master else [],
+            "workers": _children(master),
+            "monitoring": [
+                pid for name in monitoring.DAEMONS if (pid := read_pid(layout.pidfile(name)))
+            ],
+            "PostgreSQL": _backends(database),
+        }
+
+    try:
+        started = runner("up")
+        if started.returncode != 0:
+            raise SystemExit(f"the stack did not start:\n{started.stdout}{started.stderr}")
+        yield Server(f"stack, {workers} worker{'s' * (workers > 1)}", http_port, parts)
+    finally:
+        runner("down")
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+@contextmanager
+def bare(database: BenchDatabase, workers: int) -> Iterator[Server]:
+    """`uvicorn --workers N` on the same app, straight: what a user would run instead. The
+    app's settings are the deployed ones (access line, multiprocess metrics) and its output
+    goes to a file, as gunicorn's does."""
+    directory = Path(tempfile.mkdtemp(prefix="bench-bare-"))
+    (directory / "metrics").mkdir()
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database.url,
+        "PROMETHEUS_MULTIPROC_DIR": str(directory / "metrics"),
+    }
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app",
+            "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    log = directory / "app.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        # Every worker says so once its lifespan has started (uvicorn's own line).
+        while log.read_text().count("Application startup complete") < workers:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise SystemExit(f"uvicorn --workers {workers} did not start; see {log}")
+            time.sleep(0.2)
+
+        def parts() -> dict[str, list[int]]:
+            if workers == 1:  # uvicorn serves in its own process, without a supervisor
+                return {"workers": [process.pid], "PostgreSQL": _backends(database)}
+            return {
+                "uvicorn supervisor": [process.pid],
+                "workers": _children(process.pid),
+                "PostgreSQL": _backends(database),
+            }
+
+        yield Server(f"uvicorn --workers {workers}", port, parts)
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def compare(servers: list[Server], args: argparse.Namespace) -> dict[str, list[Round]]:
+    """Alternating rounds of reads against every server; each server's counted rounds."""
+    figures: dict[str, list[Round]] = {server.label: [] for server in servers}
+    env = {"BENCH_ROWS": str(args.rows)}
+    for number, server in schedule(servers, args.rounds):
+        seconds = args.seconds if number else 3
+        one = measure(
+            server.port,
+            server.parts,
+            script=READ,
+            env=env,
+            seconds=seconds,
+            connections=args.connections,
+        )
+        if not number:
+            continue
+        figures[server.label].append(one)
+        parts = ", ".join(
+            f"{part} {ms:.3f}" for part in (*PARTS, "wrk") if (ms := one.cpu_ms(part))
+        )
+        print(
+            f"round {number} {server.label:24s} {one.rate:8.0f} req/s  "
+            f"p99 {one.p99_ms:6.1f} ms  CPU ms/request: {parts}; "
+            f"machine {one.busy_cores():.2f} cores busy",
+            flush=True,
+        )
+    return figures
+
+
+def table(stack_rounds: list[Round], bare_rounds: list[Round]) -> list[tuple[str, str, str]]:
+    """The rows `make bench` prints (the stack's figure, the bare server's): rates, the ratio,
+    p99, and a request's CPU by part."""
+
+    def row(
+        name: str, value: Callable[[Round], float | None], digits: int = 3
+    ) -> tuple[str, str, str]:
+        def shown(rounds: list[Round]) -> str:
+            median = median_of(rounds, value)
+            return "" if median is None else f"{median:,.{digits}f}"
+
+        return name, shown(stack_rounds), shown(bare_rounds)
+
+    def cpu(part: str) -> Callable[[Round], float | None]:
+        return lambda one: one.cpu_ms(part)
+
+    rate = median_ratio([one.rate for one in stack_rounds], [one.rate for one in bare_rounds])
+    by_cpu = median_ratio(
+        [one.total_cpu_ms() for one in bare_rounds], [one.total_cpu_ms() for one in stack_rounds]
+    )
+    return [
+        row("read req/s (median)", lambda one: one.rate, 0),
+        ("read, stack / bare (median of round ratios)", f"{rate:.2f}", f"target >= {TARGET}"),
+        ("read, stack / bare by CPU per request", f"{by_cpu:.2f}", "bare's / the stack's"),
+        row("p99 ms (median)", lambda one: one.p99_ms, 1),
+        *(row(f"CPU ms/request: {part}", cpu(part)) for part in (*PARTS, "wrk")),
+        # nginx sleeps in epoll_wait between events: each wake-up costs it a context switch.
+        row("nginx's sleeps per request", lambda one: one.sleeps_per_request("nginx"), 2),
+        row("CPU ms/request: all of the above", Round.total_cpu_ms),
+        row("machine busy, cores (neighbours included)", Round.busy_cores, 2),
+    ]
+
+
+def main() -> None:
+    """Command line: the two contenders, alternating rounds, the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--check", action="store_true", help=f"exit 1 below {TARGET}")
+    parser.add_argument(
+        "--stack-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting for the stack alone, to try a variant (repeat for more)",
+    )
+    args = parser.parse_args()
+    settings = dict(setting.split("=", 1) for setting in args.stack_env)
+
+    print(f"load average before: {load_average()}", flush=True)
+    with bench_database(args.rows) as database:
+        with (
+            stack(database, args.workers, settings) as deployed,
+            bare(database, args.workers) as straight,
+        ):
+            figures = compare([deployed, straight], args)
+        rows = table(figures[deployed.label], figures[straight.label])
+    print(f"load average after: {load_average()}")
+    print(f"\n| figure | {deployed.label} | {straight.label} |\n| --- | --- | --- |")
+    for row in rows:
+        print(f"| {' | '.join(row)} |")
+    ratio = median_ratio(*([one.rate for one in figures[s.label]] for s in (deployed, straight)))
+    if args.check and ratio < TARGET:
+        sys.exit(f"the stack keeps {ratio:.2f} of the bare server, below {TARGET}")
+
+
+if __name__ == "__main__":
+    main()

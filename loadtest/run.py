@@ -17,8 +17,6 @@ which is what the reports show.
 import argparse
 import csv
 import os
-import resource
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from deploy.loopback import loopback_only
+from deploy.native.processes import children_cpu_seconds, free_port
 from loadtest.thresholds import Thresholds, violations
 from service.runtime.capacity import usable_cpus
 
@@ -99,19 +98,6 @@ def load_generator_saturated(locust_cpu: float, processes: int) -> bool:
     return locust_cpu >= LOCUST_CPU_LIMIT * processes
 
 
-def _free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _children_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
 def run_locust(
     *,
     host: str,
@@ -141,7 +127,7 @@ def run_locust(
         # exit, so their CPU is counted in ours below. It talks to them on a port of its own
         # on loopback: at Locust's default (5557, on every address) a second run on the same
         # machine fails to start.
-        port = _free_port()
+        port = free_port()
         argv += ["--processes", str(processes), "--master-bind-host", "127.0.0.1",
                  "--master-bind-port", str(port), "--master-host", "127.0.0.1",
                  "--master-port", str(port)]  # fmt: skip
@@ -150,7 +136,7 @@ def run_locust(
         argv += ["--csv", str(out_dir / tag), "--html", str(out_dir / f"{tag}.html")]
     started = time.monotonic()
     # Locust's CPU, all its processes included, once they have been waited for.
-    cpu_before = _children_cpu_seconds()
+    cpu_before = children_cpu_seconds()
     log_path = out_dir / f"{tag}-locust.log" if reports else None
     output: list[str] = []
     with subprocess.Popen(
@@ -161,7 +147,7 @@ def run_locust(
             output.append(line)
             if line.startswith(PROGRESS_PREFIX):
                 print(line, end="", flush=True)
-    cpu = _children_cpu_seconds() - cpu_before
+    cpu = children_cpu_seconds() - cpu_before
     elapsed = time.monotonic() - started
     if log_path is not None:
         log_path.write_text("".join(output))

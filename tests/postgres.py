@@ -7,7 +7,6 @@ local binaries by `deploy/native/pg-cluster`.
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -20,6 +19,8 @@ from typing import Any, TypeVar
 import asyncpg
 from sqlalchemy.engine import URL, make_url
 
+from deploy.native.processes import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_CLUSTER = ROOT / "deploy" / "native" / "pg-cluster"
 DEFAULT_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -31,14 +32,6 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from sync code, even inside a running event loop."""
     with ThreadPoolExecutor(max_workers=1) as executor:
         return executor.submit(asyncio.run, coroutine).result()
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def asyncpg_dsn(url: URL) -> str:

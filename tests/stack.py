@@ -22,10 +22,10 @@ import psutil
 from sqlalchemy.engine import URL, make_url
 
 from deploy.native.layout import RunLayout
-from deploy.native.processes import alive, children, port_open, read_pid
+from deploy.native.processes import alive, children, free_port, port_open, read_pid
 from deploy.native.settings import StackSettings
 from deploy.native.state import Stack as NativeStack
-from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn, free_port
+from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn
 
 
 @dataclass

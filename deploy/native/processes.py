@@ -1,6 +1,7 @@
 """Processes the runner starts, finds, waits for and stops (through psutil, not /proc)."""
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -63,6 +64,20 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
         if time.monotonic() > deadline:
             fail(f"timed out after {timeout:g}s waiting for {what}")
         time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def children_cpu_seconds() -> float:
+    """User and system CPU of every child process this one has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

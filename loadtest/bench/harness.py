@@ -11,8 +11,6 @@ the run): what a request costs each part, which a busy neighbour disturbs less t
 import asyncio
 import os
 import re
-import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +25,8 @@ from typing import TypeVar
 
 import asyncpg
 import psutil
+
+from deploy.native.processes import children_cpu_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -145,9 +145,13 @@ def measure(
     for at both ends: one that began during the run counts whole), and the CPU of wrk and of
     the machine meanwhile."""
     before = {part: _counters(pids) for part, pids in parts().items()}
-    busy, reaped, started = _busy(), _children_cpu(), time.monotonic()
+    busy, reaped, started = _busy(), children_cpu_seconds(), time.monotonic()
     run = wrk(port, seconds, script, env, connections)
-    wall, busy, wrk_cpu = time.monotonic() - started, _busy() - busy, _children_cpu() - reaped
+    wall, busy, wrk_cpu = (
+        time.monotonic() - started,
+        _busy() - busy,
+        children_cpu_seconds() - reaped,
+    )
     after = {part: _counters(pids) for part, pids in parts().items()}
     used, sleeps = {}, {}
     for part, counters in after.items():
@@ -175,19 +179,6 @@ def _counters(pids: list[int]) -> dict[int, tuple[float, int]]:
 def _busy() -> float:
     times = psutil.cpu_times()
     return float(sum(times) - times.idle - getattr(times, "iowait", 0.0))
-
-
-def _children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def load_average() -> str:

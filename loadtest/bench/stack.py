@@ -35,14 +35,13 @@ import psutil
 
 from deploy.native import monitoring
 from deploy.native.layout import RunLayout
-from deploy.native.processes import read_pid
+from deploy.native.processes import free_port, read_pid
 from loadtest.bench.harness import (
     READ,
     ROOT,
     BenchDatabase,
     Round,
     bench_database,
-    free_port,
     load_average,
     measure,
     median_of,

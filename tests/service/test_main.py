@@ -17,9 +17,10 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
+from deploy.native.processes import free_port
 from service.config import ConfigurationError, get_settings
 from service.main import create_app
-from tests.postgres import ROOT, asyncpg_dsn, free_port
+from tests.postgres import ROOT, asyncpg_dsn
 
 
 def service_env(url: URL | str, **extra: str) -> dict[str, str]:

@@ -16,10 +16,11 @@ import pytest
 from sqlalchemy.engine import URL, make_url
 
 from deploy.native import pgbouncer
+from deploy.native.processes import free_port
 from service.config import BudgetSettings, load, load_settings
 from service.database.connections import create_database
 from service.runtime.capacity import budget_for
-from tests.postgres import ROOT, asyncpg_dsn, backends, free_port, fresh_database
+from tests.postgres import ROOT, asyncpg_dsn, backends, fresh_database
 from tests.stack import Load, Stack, notes_by_text, running_stack
 
 SERVER_POOL = 4

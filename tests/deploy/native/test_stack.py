@@ -18,15 +18,9 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from deploy.native.processes import alive
+from deploy.native.processes import alive, free_port
 from tests.metrics import value
-from tests.postgres import (
-    PG_CLUSTER,
-    ROOT,
-    free_port,
-    fresh_database,
-    locked_table,
-)
+from tests.postgres import PG_CLUSTER, ROOT, fresh_database, locked_table
 from tests.service.observability.test_across_workers import NOTE_ROUTE, scrape
 from tests.stack import (
     Load,

@@ -9,10 +9,11 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.engine import URL, make_url
 
+from deploy.native.processes import free_port
 from service.database.connections import Database, DatabaseUnavailableError, create_database
 from service.main import create_app
 from tests.apps import settings_for
-from tests.postgres import free_port, locked_table
+from tests.postgres import locked_table
 
 
 @pytest.fixture

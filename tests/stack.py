@@ -127,16 +127,8 @@ class Stack:
         return read_json_lines(self.layout.app_log)
 
     async def logged(self, request_ids: Iterable[str]) -> list[dict[str, object]]:
-        """The app's log once it holds the access line of each of these requests (a worker
-        writes it just after the response), or as it is after 10 s."""
-        wanted = set(request_ids)
-        deadline = time.monotonic() + 10
-        while True:
-            lines = self.app_log()
-            seen = {line.get("request_id") for line in lines if line.get("event") == "request"}
-            if wanted <= seen or time.monotonic() > deadline:
-                return lines
-            await asyncio.sleep(0.05)
+        """The app's log once it holds the access line of each of these requests."""
+        return await logged_requests(self.layout.app_log, request_ids)
 
     async def access_pids(self, request_ids: set[str]) -> Counter[int]:
         """How many of these requests each worker pid served, from the access lines."""
@@ -169,19 +161,32 @@ def read_json_lines(path: Path) -> list[dict[str, object]]:
     return lines
 
 
-async def nginx_access_lines(path: Path, request_ids: set[str]) -> list[dict[str, object]]:
-    """nginx's access lines of these requests, once every one of them is in `path`: nginx
-    buffers its access log and writes it at least once a second (nginx.conf)."""
-    deadline = asyncio.get_running_loop().time() + 5
+# Seconds a log may take to hold a request's access line.
+LOGGED_WITHIN = 10
+
+
+async def logged_requests(path: Path, request_ids: Iterable[str]) -> list[dict[str, object]]:
+    """Every line of the JSON-lines log at `path`, once it holds the access line (event
+    `request`) of each of these requests: a worker writes its line just after the response,
+    nginx buffers its own for up to a second (nginx.conf). Fails after LOGGED_WITHIN s."""
+    wanted = set(request_ids)
+    deadline = time.monotonic() + LOGGED_WITHIN
     while True:
-        lines = [line for line in read_json_lines(path) if line.get("request_id") in request_ids]
-        if {line["request_id"] for line in lines} >= request_ids:
+        lines = read_json_lines(path)
+        seen = {line.get("request_id") for line in lines if line.get("event") == "request"}
+        if wanted <= seen:
             return lines
-        if asyncio.get_running_loop().time() > deadline:
-            missing = request_ids - {line["request_id"] for line in lines}
-            msg = f"{len(missing)} requests have no line in {path.name} after 5 s: {missing}"
-            raise AssertionError(msg)
-        await asyncio.sleep(0.2)
+        if time.monotonic() > deadline:
+            missing = wanted - seen
+            msg = f"{len(missing)} requests have no line in {path.name} after {LOGGED_WITHIN} s"
+            raise AssertionError(f"{msg}: {sorted(missing)[:10]}")
+        await asyncio.sleep(0.05)
+
+
+async def nginx_access_lines(path: Path, request_ids: set[str]) -> list[dict[str, object]]:
+    """nginx's access lines of these requests, once every one of them is in `path`."""
+    lines = await logged_requests(path, request_ids)
+    return [line for line in lines if line.get("request_id") in request_ids]
 
 
 @contextmanager

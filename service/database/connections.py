@@ -29,6 +29,7 @@ from sqlalchemy.pool import AsyncAdaptedQueuePool, PoolProxiedConnection
 from sqlalchemy.util import await_only, greenlet_spawn
 
 from service.config import Settings
+from service.deadlines import Deadlines
 from service.exceptions import DomainError
 from service.observability.metrics import (
     POOL_IDLE,
@@ -76,6 +77,7 @@ class Database:
     capacity: int
     pool_timeout: float
     _gate: asyncio.Semaphore = field(init=False)
+    _deadlines: Deadlines = field(init=False, default_factory=Deadlines)
     _in_use: int = field(init=False, default=0)
     _waiting: int = field(init=False, default=0)
 
@@ -85,7 +87,7 @@ class Database:
 
     async def _acquire(self) -> None:
         try:
-            async with asyncio.timeout(self.pool_timeout):
+            with self._deadlines.after(self.pool_timeout):
                 await self._gate.acquire()
         except TimeoutError:
             POOL_TIMEOUTS.inc()
@@ -98,12 +100,10 @@ class Database:
         started = time.perf_counter()
         if self._gate.locked():
             self._waiting += 1
-            POOL_WAITING.set(self._waiting)
             try:
                 await self._acquire()
             finally:
                 self._waiting -= 1
-                POOL_WAITING.set(self._waiting)
         else:
             # Room at the gate: the semaphore is taken without waiting, and needs no timer.
             await self._gate.acquire()
@@ -115,9 +115,11 @@ class Database:
         self._in_use -= 1
 
     def sample_pool(self) -> None:
-        """Record the pool's state: connections in use, idle and in overflow."""
+        """Record the pool's state: connections in use, idle and in overflow, and requests
+        waiting for one."""
         pool = self.engine.pool
         POOL_IN_USE.set(self._in_use)
+        POOL_WAITING.set(self._waiting)
         POOL_IDLE.set(pool.checkedin())  # type: ignore[attr-defined]
         # QueuePool counts overflow from -pool_size while the pool is not yet full.
         POOL_OVERFLOW.set(max(0, pool.overflow()))  # type: ignore[attr-defined]

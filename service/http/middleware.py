@@ -17,13 +17,13 @@ with the request; only a response already cut short leaves uvicorn to close the 
 because nothing else can end it cleanly.
 """
 
-import asyncio
 import time
 
 import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.deadlines import Deadlines
 from service.observability.requests import RequestObserver
 from service.observability.timing import collect_timings, server_timing_header, stop_collecting
 
@@ -55,6 +55,7 @@ class RequestMiddleware:
         self.app = app
         self.timeout = timeout
         self.observer = observer
+        self.deadlines = Deadlines()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,12 +78,12 @@ class RequestMiddleware:
                 completed = True
             await send(message)
 
-        deadline = asyncio.timeout(self.timeout)
+        deadline = self.deadlines.after(self.timeout)
         try:
-            async with deadline:
+            with deadline:
                 await self.app(scope, receive, send_observed)
         except Exception as exc:
-            if isinstance(exc, TimeoutError) and deadline.expired():
+            if isinstance(exc, TimeoutError) and deadline.expired:
                 logger.warning(
                     "request_deadline_exceeded", timeout_s=self.timeout, answered=started
                 )

@@ -347,7 +347,7 @@ def everything(
 
     return [
         *((f"read req/s, {label}", _rate(reads, label), "") for label in reads),
-        ("read, service / bare", f"{_ratio(reads, service, bare):.2f}", ">= 0.50"),
+        ("read, service / bare", f"{_ratio(reads, service, bare):.2f}", ">= 0.60"),
         ("read, service / FastAPI + asyncpg", f"{_ratio(reads, service, fastapi):.2f}", ">= 0.64"),
         ("read, cost of PgBouncer", cost(pooled), ""),
         ("read, of which no statement cache", cost(uncached), ""),

@@ -154,12 +154,12 @@ bench: install ## Side-by-side benchmarks, every ratio printed: the service agai
 	$(foreach name,$(BENCH),$(RUN) python -m loadtest.bench.$(name) $(BENCH_FLAGS) &&) true
 
 .PHONY: migrate
-migrate: install ## Upgrade the database (DATABASE_URL) to head, under an advisory lock
-	$(RUN) alembic upgrade head
+migrate: install ## Run the app's migrations (MIGRATIONS) to head on DATABASE_URL, under the stack's advisory lock
+	$(RUN) python -m service.stack.migrate
 
 .PHONY: dev
 dev: install ## Run one uvicorn process with auto-reload on 127.0.0.1:8000 (development)
-	$(RUN) uvicorn --factory service.main:create_app --reload --host 127.0.0.1 --port 8000
+	$(RUN) uvicorn --factory service.stack.asgi:create_stack --reload --host 127.0.0.1 --port 8000
 
 .PHONY: all
 all: lint test ## Everything CI runs: lint, then the tests

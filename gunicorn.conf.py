@@ -45,7 +45,8 @@ WORKERS_CONFIGURED = Gauge(
 )
 
 # Each value and the reason for it is declared in service.config.GunicornSettings.
-wsgi_app = SETTINGS.gunicorn_app
+# Every worker serves the app APP names (from APP_PATH), wrapped by the stack.
+wsgi_app = "service.stack.asgi:create_stack()"
 worker_class = "service.runtime.worker.Worker"
 workers = SETTINGS.web_concurrency or default_workers()
 

@@ -16,11 +16,19 @@ from pydantic_settings import BaseSettings
 
 from deploy.compose.settings import ComposeSettings
 from deploy.native.settings import StackSettings
-from service.config import ROOT, BudgetSettings, GunicornSettings, RunDirSettings, Settings
+from service.config import (
+    ROOT,
+    BudgetSettings,
+    GunicornSettings,
+    RunDirSettings,
+    Settings,
+    WorkerSettings,
+)
 
 # Every declaration, wherever it lives, in the order the generated files list them; each
 # class's own fields only. A new settings class is one more entry.
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    WorkerSettings,
     Settings,
     BudgetSettings,
     GunicornSettings,

@@ -52,18 +52,84 @@ class FromEnvironment(BaseSettings):
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
 
-class Settings(FromEnvironment):
-    """The app, in every worker process.
+class WorkerSettings(FromEnvironment):
+    """The stack around the app, in every worker: which app it serves and how it wraps it.
 
-    The pool numbers are per worker: the whole deployment opens up to
-    workers x (db_pool_size + db_max_overflow) connections.
+    Read by `service.stack.asgi`, whatever app `APP` names; the notes service's own settings
+    (`Settings`) extend these.
     """
 
+    app: str = setting(
+        "service.main:create_app()",
+        "the ASGI app the workers serve, in gunicorn's syntax: `pkg.module:app` or "
+        "`pkg.module:create_app()`; the default is the notes service",
+        example="service.main:create_app()",
+    )
+    app_path: Path = setting(
+        ROOT,
+        "a directory put first on the import path, where `APP`'s package is found",
+        example=".",
+    )
+    migrations: Path | None = setting(
+        ROOT / "alembic.ini",
+        "the app's alembic.ini: `make up` and `make migrate` run it under the stack's advisory "
+        "lock, and /readyz asks for its head revisions; empty: no migrations, no schema check",
+        example="alembic.ini",
+    )
+    ready_check: str | None = setting(
+        None,
+        "`pkg.module:callable`, an async function /readyz awaits after its own checks: ready "
+        "when it returns, 503 with its message when it raises",
+        example="",
+    )
+    ready_timeout: float = setting(
+        5.0,
+        "seconds /readyz waits for its checks (each engine's connection, the schema, "
+        "READY_CHECK) before answering 503",
+        gt=0,
+        le=60,
+    )
     environment: Environment = setting(
         "development",
         "`production` hides /docs and refuses the built-in development DATABASE_URL",
         example="production",
     )
+    request_timeout: float = setting(
+        10.0,
+        "seconds a whole request may take, pool wait and statements together, before it is "
+        "cancelled and answered 503; below nginx's proxy_read_timeout (60 s)",
+        gt=0,
+        lt=60,
+    )
+    access_log: bool = setting(
+        True, "one JSON line per request from the app (nginx keeps its own access log)"
+    )
+    request_metrics: bool = setting(
+        True, "http_requests_total, durations and in-progress per route and status"
+    )
+    log_level: LogLevel = setting("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    log_format: LogFormat = setting(
+        "json", "`json` (one object per line) or `console` (coloured, for a person)"
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("migrations", "ready_check", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+class Settings(WorkerSettings):
+    """The notes service, in every worker process.
+
+    The pool numbers are per worker: the whole deployment opens up to
+    workers x (db_pool_size + db_max_overflow) connections.
+    """
+
     database_url: PostgresDsn = setting(
         PostgresDsn(DEFAULT_DATABASE_URL),
         "must use the asyncpg driver; the default is `make up`'s private cluster",
@@ -104,28 +170,11 @@ class Settings(FromEnvironment):
         ge=0,
         le=3600,
     )
-    request_timeout: float = setting(
-        10.0,
-        "seconds a whole request may take, pool wait and statements together, before it is "
-        "cancelled and answered 503; below nginx's proxy_read_timeout (60 s)",
-        gt=0,
-        lt=60,
-    )
     idempotency_key_ttl: float = setting(
         86_400.0, "seconds a write's Idempotency-Key and its response are kept for retries", gt=0
     )
     idempotency_cleanup_interval: float = setting(
         600.0, "seconds between a worker's deletions of expired keys (jittered by ±50%)", gt=0
-    )
-    access_log: bool = setting(
-        True, "one JSON line per request from the app (nginx keeps its own access log)"
-    )
-    request_metrics: bool = setting(
-        True, "http_requests_total, durations and in-progress per route and status"
-    )
-    log_level: LogLevel = setting("INFO", "DEBUG, INFO, WARNING, ERROR or CRITICAL")
-    log_format: LogFormat = setting(
-        "json", "`json` (one object per line) or `console` (coloured, for a person)"
     )
 
     @field_validator("database_url")
@@ -135,11 +184,6 @@ class Settings(FromEnvironment):
             msg = f"must use the asyncpg driver (postgresql+asyncpg://...), got {url.scheme}://"
             raise ValueError(msg)
         return url
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _upper_level(cls, value: object) -> object:
-        return value.upper() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _no_default_database_in_production(self) -> "Settings":
@@ -213,11 +257,6 @@ class GunicornSettings(RunDirSettings):
         "so a recycling worker never leaves the socket without an acceptor",
         example="4",
         ge=1,
-    )
-    gunicorn_app: str = setting(
-        "service.main:create_app()",
-        "the ASGI app factory gunicorn calls; the fault tests serve the app plus a failing route",
-        per_deployment=False,
     )
     gunicorn_bind: str | None = setting(
         None,

@@ -1,7 +1,9 @@
-"""The ASGI application, built by the factory `create_app()` that servers call.
+"""The notes service: the FastAPI app, built by the factory `create_app()`.
 
-Importing this module reads no setting and opens no socket: gunicorn serves
-`service.main:create_app()`, uvicorn `--factory service.main:create_app`.
+It is one app among others behind the stack: gunicorn's workers serve `APP`
+(default `service.main:create_app()`) through `service.stack.asgi`, which adds the probes,
+metrics, logs and the deadline around it. Importing this module reads no setting and opens no
+socket.
 """
 
 from collections.abc import AsyncIterator
@@ -11,16 +13,12 @@ from typing import Any
 import structlog
 from fastapi import FastAPI
 
-from service import health
 from service.config import Settings, get_settings
 from service.database.connections import create_database
 from service.http.errors import register_error_handlers
-from service.http.middleware import RequestMiddleware
 from service.idempotency import service as idempotency
 from service.notes.router import router as notes_router
 from service.observability import metrics
-from service.observability.logging import configure_logging
-from service.observability.requests import RequestObserver
 
 logger = structlog.get_logger(__name__)
 
@@ -28,14 +26,6 @@ logger = structlog.get_logger(__name__)
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; every resource that opens a socket is made later, in the lifespan."""
     settings = settings or get_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    schema_heads = health.alembic_heads()
-    observer = RequestObserver(
-        request_metrics=settings.request_metrics,
-        access_log=settings.access_log,
-        log_level=settings.log_level,
-        log_format=settings.log_format,
-    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -46,17 +36,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_overflow=settings.db_max_overflow,
         )
         try:
-            async with (
-                metrics.worker_metrics(
-                    app.version, (database.sample_pool, observer.sample_in_progress)
-                ),
-                idempotency.expiring_keys(
+            with metrics.sampled(database.sample_waiting):
+                async with idempotency.expiring_keys(
                     database=database,
                     ttl=settings.idempotency_key_ttl,
                     interval=settings.idempotency_cleanup_interval,
-                ),
-            ):
-                yield {"database": database, "settings": settings, "schema_heads": schema_heads}
+                ):
+                    yield {"database": database, "settings": settings}
         finally:
             await database.dispose()
             logger.info("database_engine_disposed")
@@ -72,10 +58,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # hooks would otherwise ask on every request whether a provider is configured.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
-    # The API first: FastAPI tries the app's routes in order, and the probes and scrapes are
-    # a few requests a second against thousands.
-    for router in (notes_router, health.router, metrics.router):
-        app.include_router(router)
+    app.include_router(notes_router)
     register_error_handlers(app)
-    app.add_middleware(RequestMiddleware, timeout=settings.request_timeout, observer=observer)
     return app

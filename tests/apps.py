@@ -10,6 +10,7 @@ from sqlalchemy.engine import URL
 
 from service.config import Settings, load_settings
 from service.main import create_app
+from service.stack.asgi import wrap
 
 
 def settings_for(url: URL, **overrides: object) -> Settings:
@@ -24,7 +25,8 @@ def settings_for(url: URL, **overrides: object) -> Settings:
 @asynccontextmanager
 async def app_client(url: URL, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
     """A client for a fresh app on `url`, its lifespan (engine and pool) running."""
-    app = create_app(settings_for(url, **overrides))
+    settings = settings_for(url, **overrides)
+    app = wrap(create_app(settings), settings)
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://notes.test") as client:
@@ -37,7 +39,7 @@ FAILING_ROUTE = "/test/fail"
 def failing_app() -> FastAPI:
     """The service with one more route, which fails as a bug in a handler would.
 
-    gunicorn serves it as `tests.apps:failing_app()` (GUNICORN_APP) for the fault tests; the
+    gunicorn serves it as `tests.apps:failing_app()` (APP) for the fault tests; the
     real app has no such route.
     """
     app = create_app()

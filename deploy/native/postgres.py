@@ -46,10 +46,11 @@ def stop_private(stack: Stack) -> None:
 
 
 def migrate(env: dict[str, str]) -> None:
-    """`alembic upgrade head`, as `make migrate` runs it (it takes the migration lock)."""
-    log("migrations: alembic upgrade head")
+    """The app's migrations to head (MIGRATIONS), as `make migrate` runs them: under the
+    stack's migration lock (`service.stack.migrate`)."""
+    log(f"migrations: {env.get('MIGRATIONS') or 'none'} to head")
     result = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        [sys.executable, "-m", "service.stack.migrate"],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -20,7 +20,7 @@ from deploy.native.layout import RunLayout
 from deploy.native.processes import StackError, fail
 from deploy.native.roles import ROLES, HostRole
 from deploy.native.settings import StackSettings
-from service.config import BudgetSettings, Pooler, load
+from service.config import BudgetSettings, Pooler, WorkerSettings, load
 
 
 class StateFileError(StackError):
@@ -167,11 +167,15 @@ class Stack:
         return self._env(state, state.database_url)
 
     def _env(self, state: StackState, database_url: str) -> dict[str, str]:
+        # The app's paths as absolute ones: gunicorn and Alembic run in other directories.
+        worker = load(WorkerSettings)
         return {
             **os.environ,
             "RUN_DIR": str(self.layout.root),
             "DATABASE_URL": database_url,
             "DB_POOLER": state.pooler,
+            "APP_PATH": str(worker.app_path.resolve()),
+            "MIGRATIONS": str(worker.migrations.resolve()) if worker.migrations else "",
         }
 
     def app_settings(self) -> BudgetSettings:

@@ -31,15 +31,7 @@ from sqlalchemy.util import await_only, greenlet_spawn
 from service.config import Settings
 from service.deadlines import Deadlines
 from service.exceptions import DomainError
-from service.observability.metrics import (
-    POOL_IDLE,
-    POOL_IN_USE,
-    POOL_MAX,
-    POOL_OVERFLOW,
-    POOL_TIMEOUTS,
-    POOL_WAIT,
-    POOL_WAITING,
-)
+from service.observability.metrics import POOL_TIMEOUTS, POOL_WAIT, POOL_WAITING
 
 # SQLSTATE classes that mean "the database cannot serve this now", not "our bug": connection
 # exceptions, insufficient resources, operator intervention (the statement timeout, 57014, and
@@ -78,12 +70,10 @@ class Database:
     pool_timeout: float
     _gate: asyncio.Semaphore = field(init=False)
     _deadlines: Deadlines = field(init=False, default_factory=Deadlines)
-    _in_use: int = field(init=False, default=0)
     _waiting: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
         self._gate = asyncio.Semaphore(self.capacity)
-        POOL_MAX.set(self.capacity)
 
     async def _acquire(self) -> None:
         try:
@@ -108,21 +98,14 @@ class Database:
             # Room at the gate: the semaphore is taken without waiting, and needs no timer.
             await self._gate.acquire()
         POOL_WAIT.observe(time.perf_counter() - started)
-        self._in_use += 1
 
     def _checkin(self) -> None:
         self._gate.release()
-        self._in_use -= 1
 
-    def sample_pool(self) -> None:
-        """Record the pool's state: connections in use, idle and in overflow, and requests
-        waiting for one."""
-        pool = self.engine.pool
-        POOL_IN_USE.set(self._in_use)
+    def sample_waiting(self) -> None:
+        """Record the requests waiting at the gate now. The pool's own gauges (in use, idle,
+        overflow, max) are the stack's, sampled from every engine (`service.stack.engines`)."""
         POOL_WAITING.set(self._waiting)
-        POOL_IDLE.set(pool.checkedin())  # type: ignore[attr-defined]
-        # QueuePool counts overflow from -pool_size while the pool is not yet full.
-        POOL_OVERFLOW.set(max(0, pool.overflow()))  # type: ignore[attr-defined]
 
     def connection(self) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """A pooled connection, in autocommit: a single statement pays no BEGIN/COMMIT."""

@@ -10,11 +10,9 @@ import contextlib
 import os
 import platform
 import resource
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
-from fastapi import APIRouter
-from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as generate_single_process
 
 from service.observability import metrics_store
@@ -44,26 +42,33 @@ HTTP_IN_PROGRESS = Gauge(
     multiprocess_mode="livesum",
 )
 
+# The pool of every SQLAlchemy engine the app makes, by the engine's label
+# (service.stack.engines), sampled every second.
 POOL_IN_USE = Gauge(
     "db_pool_connections_in_use",
-    "Database connections a worker's requests hold now.",
+    "Database connections checked out of an engine's pool in a worker now.",
+    ["engine"],
     multiprocess_mode="liveall",
 )
 POOL_IDLE = Gauge(
     "db_pool_connections_idle",
-    "Open database connections idle in a worker's pool.",
+    "Open database connections idle in an engine's pool in a worker.",
+    ["engine"],
     multiprocess_mode="liveall",
 )
 POOL_OVERFLOW = Gauge(
     "db_pool_connections_overflow",
-    "Connections a worker holds beyond DB_POOL_SIZE (closed when returned).",
+    "Connections an engine's pool in a worker holds beyond its size (closed when returned).",
+    ["engine"],
     multiprocess_mode="liveall",
 )
 POOL_MAX = Gauge(
     "db_pool_connections_max",
-    "Connections a worker may hold (DB_POOL_SIZE + DB_MAX_OVERFLOW).",
+    "Connections an engine's pool in a worker may hold (its size plus its overflow).",
+    ["engine"],
     multiprocess_mode="liveall",
 )
+# The notes service's FIFO gate in front of its pool (service.database.connections).
 POOL_WAITING = Gauge(
     "db_pool_waiting_requests",
     "Requests of a worker waiting for a database connection now.",
@@ -115,19 +120,34 @@ def _sample_worker() -> None:
         WORKER_MEMORY.set(int(statm.read().split()[1]) * _PAGE_SIZE)
 
 
+# What else the worker samples with its own gauges: added and removed by the app's lifespan
+# (the notes service's requests waiting for a connection), read by `worker_metrics`.
+_extra_samplers: list[Callable[[], None]] = []
+
+
+@contextlib.contextmanager
+def sampled(sampler: Callable[[], None]) -> Iterator[None]:
+    """Have the worker call `sampler` every second, with its other gauges, for a while."""
+    _extra_samplers.append(sampler)
+    try:
+        yield
+    finally:
+        _extra_samplers.remove(sampler)
+
+
 @contextlib.asynccontextmanager
 async def worker_metrics(
     version: str, samplers: Sequence[Callable[[], None]]
 ) -> AsyncIterator[None]:
-    """For a worker's lifetime: count it as live, and sample its CPU and memory and whatever
-    `samplers` record (its pool, its requests in flight)."""
+    """For a worker's lifetime: count it as live, and sample its CPU and memory, whatever
+    `samplers` record (its engines' pools, its requests in flight) and what the app added."""
     WORKERS_LIVE.set(1)
     BUILD_INFO.labels(version, platform.python_version()).set(1)
 
     async def sample_forever() -> None:
         while True:
             _sample_worker()
-            for sample in samplers:
+            for sample in (*samplers, *_extra_samplers):
                 sample()
             await asyncio.sleep(SAMPLE_INTERVAL_SECONDS)
 
@@ -139,16 +159,10 @@ async def worker_metrics(
         WORKERS_LIVE.set(0)
 
 
-router = APIRouter(include_in_schema=False)
-
-
-@router.get("/metrics")
-async def metrics() -> Response:
+async def render_metrics() -> bytes:
     """Every worker's metrics summed (multiprocess), or this process's alone."""
     directory = metrics_store.configured_multiprocess_dir()
     if directory is None:
-        body = generate_single_process(REGISTRY)
-    else:
-        # Reading the files is blocking I/O: keep it off the event loop.
-        body = await asyncio.to_thread(metrics_store.render, directory)
-    return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return generate_single_process(REGISTRY)
+    # Reading the files is blocking I/O: keep it off the event loop.
+    return await asyncio.to_thread(metrics_store.render, directory)

@@ -464,7 +464,7 @@ def test_start_order_db_then_migrate_then_app_then_nginx() -> None:
     assert depends_on(found["app"])["migrate"]["condition"] == "service_completed_successfully"
     assert depends_on(found["nginx"])["app"]["condition"] == "service_healthy"
     migrate = found["migrate"]
-    assert migrate["command"] == ["alembic", "upgrade", "head"]
+    assert migrate["command"] == ["python", "-m", "service.stack.migrate"]
     assert migrate["image"] == found["app"]["image"]
     assert migrate["build"] == found["app"]["build"]
     assert migrate.get("restart") == "no"

@@ -34,7 +34,14 @@ def uvicorn_processes(url: URL, count: int) -> Iterator[list[tuple[subprocess.Po
     started = []
     for _ in range(count):
         port = free_port()
-        argv = ["-m", "uvicorn", "--factory", "service.main:create_app", "--port", str(port)]
+        argv = [
+            "-m",
+            "uvicorn",
+            "--factory",
+            "service.stack.asgi:create_stack",
+            "--port",
+            str(port),
+        ]
         process = subprocess.Popen(
             [sys.executable, *argv],
             cwd=ROOT,
@@ -117,13 +124,15 @@ def fresh_process() -> Iterator[FreshProcess]:
         script = (
             "import logging, structlog\n"
             "from service.main import create_app\n"
+            "from service.stack.asgi import wrap\n"
             "from service.database.connections import create_database\n"
             "from service.config import get_settings, load_settings\n"
-            "create_app()\n"
+            "wrap(create_app())\n"
             "create_database(get_settings())\n"
             "print('imported')\n"
             "for log_format in ('json', 'console'):\n"
-            "    create_app(load_settings(log_format=log_format))\n"
+            "    settings = load_settings(log_format=log_format)\n"
+            "    wrap(create_app(settings), settings)\n"
             "    structlog.get_logger(f'service.{log_format}').info('hello', answer=42)\n"
             "    logging.getLogger('uvicorn.error').warning('from the standard library')\n"
         )

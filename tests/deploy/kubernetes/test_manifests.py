@@ -20,11 +20,11 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml  # type: ignore[import-untyped]
 
-from service import health
-from service.config import ROOT, GunicornSettings, Settings
+from service.config import ROOT, GunicornSettings, Settings, WorkerSettings
 from service.runtime import capacity
 from service.runtime.capacity import ConnectionBudget
 from service.runtime.layout import GunicornLayout
+from service.stack.probes import Probes
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = ("small", "production")
@@ -250,7 +250,7 @@ def test_app_probes_are_the_apps_routes(objects: tuple[Object, ...]) -> None:
     """Startup and liveness on /healthz, readiness on /readyz, on the port gunicorn binds."""
     pod = pod_templates(objects)["app"]
     app = container(pod, "app")
-    routes = {route.path for route in health.router.routes}  # type: ignore[attr-defined]
+    routes = set(Probes(readiness=None).routes)  # type: ignore[arg-type]
     expected = {
         "startupProbe": "/healthz",
         "livenessProbe": "/healthz",
@@ -261,9 +261,9 @@ def test_app_probes_are_the_apps_routes(objects: tuple[Object, ...]) -> None:
         assert app[probe]["httpGet"]["path"] == path
         assert path in routes
         assert port_number(pod, app[probe]["httpGet"]["port"]) == bind_port
-    # /readyz waits up to DB_CONNECT_TIMEOUT for the database.
-    connect_timeout = Settings.model_fields["db_connect_timeout"].default
-    assert app["readinessProbe"]["timeoutSeconds"] > connect_timeout
+    # /readyz waits up to READY_TIMEOUT for its checks.
+    ready_timeout = WorkerSettings.model_fields["ready_timeout"].default
+    assert app["readinessProbe"]["timeoutSeconds"] > ready_timeout
 
 
 def test_workers_are_left_to_the_cpu_limit(objects: tuple[Object, ...]) -> None:

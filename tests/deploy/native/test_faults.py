@@ -33,7 +33,7 @@ DB_CONNECT_TIMEOUT = 1.0
 def fault_stack() -> Iterator[Stack]:
     """Two workers serving the app plus a failing route, on a private cluster."""
     env = {
-        "GUNICORN_APP": "tests.apps:failing_app()",
+        "APP": "tests.apps:failing_app()",
         "REQUEST_TIMEOUT": str(REQUEST_TIMEOUT),
         "DB_CONNECT_TIMEOUT": str(DB_CONNECT_TIMEOUT),
     }

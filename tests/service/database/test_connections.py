@@ -6,12 +6,12 @@ from collections.abc import AsyncIterator
 import asyncpg
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy.engine import URL, make_url
 
 from deploy.native.processes import free_port
 from service.database.connections import Database, DatabaseUnavailableError, create_database
 from service.main import create_app
+from service.stack.asgi import StackApp, wrap
 from tests.apps import settings_for
 from tests.postgres import locked_table
 
@@ -91,15 +91,17 @@ async def test_jsonb_is_read_and_written_as_python_objects(database: Database) -
         assert await connection.fetchval("""SELECT '{"a": {"b": 1}}'::jsonb""") == {"a": {"b": 1}}
 
 
-def app_with_failing_route(url: URL, error: Exception) -> FastAPI:
-    """The app with one more route, which raises `error` outside any database call."""
-    app = create_app(settings_for(url))
+def app_with_failing_route(url: URL, error: Exception) -> StackApp:
+    """The app with one more route, which raises `error` outside any database call, behind
+    the stack."""
+    settings = settings_for(url)
+    app = create_app(settings)
 
     @app.get("/test/raise")
     async def fail() -> None:
         raise error
 
-    return app
+    return wrap(app, settings)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1 @@
+"""The stack around any ASGI app, inside each worker (`service.stack.asgi`)."""

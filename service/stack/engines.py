@@ -1,0 +1,153 @@
+"""Every SQLAlchemy engine a process makes, found without the app's help.
+
+SQLAlchemy calls the dialect's `engine_created` hook for every engine `create_engine` (and so
+`create_async_engine`) builds, after the engine exists and before the app gets it. The stack
+hooks it once per process, before the app is imported, so an engine made at import time (the
+FastAPI templates' `engine = create_async_engine(...)` in `db.py`) is seen as well as one made
+in a lifespan: the app's engines are those made from just before its import to the end of its
+lifespan's startup (one made later, in a request, is not watched). Each engine gets a label
+(its `logging_name`, else its database's name; a second engine of the same name gets `-2`),
+the worker samples every engine's pool into the `db_pool_connections_*` gauges by that label,
+and `/readyz` asks each for a connection.
+
+Engines are held weakly: one the app drops stops being sampled, its gauges set to zero.
+"""
+
+import asyncio
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, text
+from sqlalchemy.engine.default import DefaultDialect
+from sqlalchemy.util import greenlet_spawn
+
+from service.observability.metrics import POOL_IDLE, POOL_IN_USE, POOL_MAX, POOL_OVERFLOW
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedEngine:
+    """An engine the app made: its label, its position among them, and a weak reference."""
+
+    label: str
+    serial: int
+    ref: Callable[[], Engine | None]
+
+
+class EngineRegistry:
+    """The engines of this process, in the order they were made."""
+
+    def __init__(self) -> None:
+        self._engines: list[TrackedEngine] = []
+        self._names: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def add(self, engine: Engine) -> TrackedEngine:
+        """Track `engine` under a label unique in this process."""
+        name = engine.logging_name or engine.url.database or engine.url.get_backend_name()
+        with self._lock:
+            self._names[name] += 1
+            label = name if self._names[name] == 1 else f"{name}-{self._names[name]}"
+            tracked = TrackedEngine(label, len(self._engines), weakref.ref(engine))
+            self._engines.append(tracked)
+        return tracked
+
+    def mark(self) -> int:
+        """A position in the order engines were made (see `between`)."""
+        return len(self._engines)
+
+    def between(self, start: int, end: int | None = None) -> list[tuple[str, Engine]]:
+        """The live engines made between the marks `start` and `end` (else now), with their
+        labels."""
+        live = []
+        for tracked in self._engines[start:end]:
+            engine = tracked.ref()
+            if engine is not None:
+                live.append((tracked.label, engine))
+        return live
+
+    def sampler(self, engines: Callable[[], list[tuple[str, Engine]]]) -> Callable[[], None]:
+        """A function that sets the pool gauges of the `engines()`."""
+        sampled: set[str] = set()
+
+        def sample() -> None:
+            live = engines()
+            for label, engine in live:
+                _sample_pool(label, engine.pool)
+            gone = sampled - {label for label, _ in live}
+            for label in gone:
+                for gauge in (POOL_IN_USE, POOL_IDLE, POOL_OVERFLOW, POOL_MAX):
+                    gauge.labels(label).set(0)
+            sampled.clear()
+            sampled.update(label for label, _ in live)
+
+        return sample
+
+
+def _sample_pool(label: str, pool: Any) -> None:
+    """One pool's connections: in use, idle, beyond its size, and the most it may hold.
+
+    QueuePool (and the asyncio one) counts all four; a pool that keeps nothing (NullPool)
+    or one connection (StaticPool) says what it can and zero for the rest.
+    """
+    checked_out = getattr(pool, "checkedout", None)
+    POOL_IN_USE.labels(label).set(checked_out() if checked_out else 0)
+    checked_in = getattr(pool, "checkedin", None)
+    POOL_IDLE.labels(label).set(checked_in() if checked_in else 0)
+    overflow = getattr(pool, "overflow", None)
+    POOL_OVERFLOW.labels(label).set(max(0, overflow()) if overflow else 0)
+    size = getattr(pool, "size", None)
+    max_overflow = getattr(pool, "_max_overflow", 0)
+    POOL_MAX.labels(label).set(size() + max(0, max_overflow) if size else 0)
+
+
+REGISTRY = EngineRegistry()
+_installed = False
+
+
+def watch_engines() -> None:
+    """From now on, track every engine made in this process (idempotent)."""
+    global _installed  # noqa: PLW0603 (one hook per process, installed once)
+    if _installed:
+        return
+    previous = DefaultDialect.engine_created
+
+    def engine_created(cls: type[DefaultDialect], engine: Engine) -> None:
+        REGISTRY.add(engine)
+        previous.__func__(cls, engine)  # type: ignore[attr-defined]
+
+    DefaultDialect.engine_created = classmethod(engine_created)  # type: ignore[assignment,method-assign]
+    _installed = True
+
+
+def _ping(connection_owner: Engine) -> None:
+    with connection_owner.connect() as connection:
+        connection.execute(text("SELECT 1"))
+
+
+def _schema_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        value = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    return None if value is None else str(value)
+
+
+async def run_on(engine: Engine, function: Callable[[Engine], Any]) -> Any:
+    """Run blocking SQLAlchemy work on `engine` without blocking the event loop: in a greenlet
+    for an async driver (as AsyncEngine does), in a thread for a blocking one."""
+    if engine.dialect.is_async:
+        return await greenlet_spawn(function, engine)
+    return await asyncio.to_thread(function, engine)
+
+
+async def ping(engine: Engine) -> None:
+    """Check out a connection of `engine` and run `SELECT 1` on it."""
+    await run_on(engine, _ping)
+
+
+async def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision the database of `engine` is at."""
+    result: str | None = await run_on(engine, _schema_revision)
+    return result

@@ -1,0 +1,78 @@
+"""`python -m service.stack.migrate`: the app's Alembic migrations to head, one runner at a time.
+
+What `make migrate`, `make up`, Compose's `migrate` service and the Kubernetes Job run, for
+any app: `alembic -c $MIGRATIONS upgrade head`, with `APP_PATH` first on the import path,
+while this process holds a PostgreSQL advisory lock on `DATABASE_URL`'s database. Two deploy
+steps started together apply each migration once: the second waits for the lock, then finds
+the schema at head. The app's own `env.py` needs no lock of its own (the notes service's
+takes one too, under another key). With `MIGRATIONS` empty there is nothing to run.
+"""
+
+import asyncio
+import os
+import sys
+import time
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from service.config import ConfigurationError, Settings, WorkerSettings, load
+
+# Any constant bigint works; this one spells "stackmig" in ASCII.
+STACK_MIGRATION_LOCK_ID = 0x737461636B6D6967
+
+
+def alembic_argv(settings: WorkerSettings, *command: str) -> list[str]:
+    """The Alembic command line for the app's migrations."""
+    assert settings.migrations is not None  # noqa: S101 (checked by the caller)
+    return [sys.executable, "-m", "alembic", "-c", str(settings.migrations.resolve()), *command]
+
+
+def alembic_env(settings: WorkerSettings) -> dict[str, str]:
+    """The environment Alembic runs in: `APP_PATH` first on the import path."""
+    app_path = str(settings.app_path.resolve())
+    python_path = os.environ.get("PYTHONPATH", "")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [app_path, python_path]))}
+
+
+async def upgrade(settings: WorkerSettings, database_url: str) -> int:
+    """Run the migrations to head under the stack's lock; Alembic's exit status."""
+    if settings.migrations is None:
+        print("migrations: MIGRATIONS is empty, nothing to run", flush=True)
+        return 0
+    if not settings.migrations.is_file():
+        msg = f"MIGRATIONS={settings.migrations}: no such file"
+        raise ConfigurationError(msg)
+    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    connection = await asyncpg.connect(dsn, timeout=30)
+    try:
+        started = time.monotonic()
+        await connection.execute("SELECT pg_advisory_lock($1)", STACK_MIGRATION_LOCK_ID)
+        waited = time.monotonic() - started
+        print(f"migrations: {settings.migrations} to head (lock after {waited:.1f}s)", flush=True)
+        process = await asyncio.create_subprocess_exec(
+            *alembic_argv(settings, "upgrade", "head"),
+            cwd=settings.migrations.resolve().parent,
+            env=alembic_env(settings),
+        )
+        return await process.wait()
+    finally:
+        await connection.close()
+
+
+def main() -> int:
+    """Exit with Alembic's status; a bad setting exits 2 with its message."""
+    try:
+        settings = load(WorkerSettings)
+        database_url = load(Settings).sqlalchemy_url
+        return asyncio.run(upgrade(settings, database_url))
+    except ConfigurationError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(f"migrations: cannot take the lock on DATABASE_URL: {exc!r}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

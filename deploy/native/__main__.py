@@ -11,7 +11,8 @@ gunicorn supervises its workers, nginx and PostgreSQL their own processes; this 
 starts, signals and waits. Knobs: deploy.native.settings.StackSettings (RUN_DIR, the ports,
 and STACK_ROLE: all of the stack on this host, or some of its parts on one of several hosts,
 as deploy.native.roles lays out), DATABASE_URL (default: the private cluster),
-WEB_CONCURRENCY and every app setting.
+WEB_CONCURRENCY and every app setting; APP, APP_PATH and MIGRATIONS name the app it serves
+(service.config.WorkerSettings), whose requirements it installs first (deploy.native.app_deps).
 """
 
 import argparse
@@ -21,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import assert_never
 
-from deploy.native import gunicorn, monitoring, nginx, pgbouncer, postgres
+from deploy.native import app_deps, gunicorn, monitoring, nginx, pgbouncer, postgres
 from deploy.native.processes import (
     StackError,
     children,
@@ -34,7 +35,7 @@ from deploy.native.processes import (
 )
 from deploy.native.roles import Part
 from deploy.native.state import Stack, StackState, StateFileError
-from service.config import GunicornSettings, load, load_settings
+from service.config import GunicornSettings, WorkerSettings, load, load_settings
 from service.runtime.capacity import default_workers
 
 
@@ -46,6 +47,9 @@ def up(stack: Stack) -> None:
         directory.mkdir(parents=True, exist_ok=True)
     if stack.role.runs(Part.PROXY):
         run_helper("install-deps", "nginx", "prometheus")
+    if stack.role.runs(Part.DATABASE) or stack.role.runs(Part.APP):
+        # The app's migrations and its workers import its code, and so what it needs.
+        app_deps.install(load(WorkerSettings).app_path)
     for part in stack.role.parts:
         _start(stack, part)
     ready = _readiness_url(stack)

@@ -1,0 +1,189 @@
+"""An app the stack did not write, served as it is: `examples/inventory` behind `make up APP=...`.
+
+The project nests its routers with prefixes at `include_router`, keeps an API key on every
+route of one router, mounts a sub-application, makes its engine in its own lifespan, migrates
+with its own async Alembic, logs with the standard library, and needs `email-validator`, which
+the stack does not. Everything the stack promises any app is checked on it, through nginx,
+with two workers.
+"""
+
+import asyncio
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy.engine import URL
+
+from tests.metrics import Samples, parse, value
+from tests.postgres import ROOT, fresh_database
+from tests.stack import Stack, running_stack
+
+EXAMPLE = ROOT / "examples" / "inventory"
+API_KEY = "test-key-" + uuid.uuid4().hex[:8]
+INVENTORY_ENV = {
+    "APP": "inventory.main:app",
+    "APP_PATH": str(EXAMPLE),
+    "MIGRATIONS": str(EXAMPLE / "alembic.ini"),
+    "INVENTORY_API_KEY": API_KEY,
+}
+ITEMS = "/api/v1/items/"
+ITEM = "/api/v1/items/{item_id}"
+STATS = "/api/v1/admin/stats"
+PING = "/public/ping"
+
+
+@pytest.fixture(scope="module")
+def inventory_stack(pg_server: URL) -> Iterator[Stack]:
+    """The inventory example behind the whole stack, on a database of its own."""
+    with (
+        fresh_database(pg_server, prefix="inventory_test") as url,
+        running_stack(url, workers=2, extra_env=INVENTORY_ENV) as running,
+    ):
+        yield running
+
+
+async def scrape(stack: Stack) -> Samples:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{stack.ops_url}/metrics")
+    assert response.status_code == 200
+    return parse(response.text)
+
+
+def pg_dsn(stack: Stack) -> str:
+    return stack.database.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def test_its_own_migrations_ran_and_its_requirements_were_installed(
+    inventory_stack: Stack,
+) -> None:
+    connection = await asyncpg.connect(pg_dsn(inventory_stack))
+    try:
+        assert await connection.fetchval("SELECT version_num FROM alembic_version") == "0001_items"
+        assert await connection.fetchval("SELECT to_regclass('items')::text") == "items"
+        # The stack's own tables are not its business.
+        assert await connection.fetchval("SELECT to_regclass('notes')") is None
+    finally:
+        await connection.close()
+    async with httpx.AsyncClient(base_url=inventory_stack.url) as client:
+        # EmailStr validates with email-validator, which only the example's requirements name.
+        bad = await client.post(ITEMS, json={"name": "x", "owner_email": "not an address"})
+        assert bad.status_code == 422
+        ready = await client.get("/readyz")
+        assert (ready.status_code, ready.json()) == (200, {"status": "ready"})
+
+
+async def test_every_route_is_counted_exactly_by_its_template(inventory_stack: Stack) -> None:
+    """Nested routers with prefixes, a router-wide dependency and a mounted sub-app: each
+    request counted once under the template of the route that served it."""
+    before = await scrape(inventory_stack)
+    sent: Counter[tuple[str, str, str]] = Counter()
+    async with httpx.AsyncClient(base_url=inventory_stack.url, timeout=30) as client:
+
+        async def one(method: str, path: str, route: str, expected: int, **kwargs: object) -> None:
+            response = await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+            assert response.status_code == expected, (path, response.text)
+            sent[method, route, str(expected)] += 1
+
+        body = {"name": "widget", "owner_email": "owner@example.com", "quantity": 2}
+        created = await asyncio.gather(*(client.post(ITEMS, json=body) for _ in range(15)))
+        assert [response.status_code for response in created] == [201] * 15
+        sent["POST", ITEMS, "201"] += 15
+        ids = [response.json()["id"] for response in created]
+        await asyncio.gather(
+            *(one("GET", f"{ITEMS}{item_id}", ITEM, 200) for item_id in ids * 2),
+            one("GET", f"{ITEMS}999999999", ITEM, 404),
+            *(one("GET", ITEMS, ITEMS, 200) for _ in range(5)),
+            *(one("GET", STATS, STATS, 200, headers={"X-API-Key": API_KEY}) for _ in range(4)),
+            *(one("GET", STATS, STATS, 401) for _ in range(3)),
+            *(one("GET", PING, PING, 200) for _ in range(6)),
+            *(one("GET", f"/nowhere/{n}", "<unmatched>", 404) for n in range(7)),
+        )
+    after = await scrape(inventory_stack)
+    for (method, route, status), count in sent.items():
+        labels = {"method": method, "route": route, "status": status}
+        counted = value(after, "http_requests_total", **labels)
+        assert counted - value(before, "http_requests_total", **labels) == count, labels
+    unlabelled = {
+        dict(labels)["route"]
+        for (name, labels) in after
+        if name == "http_requests_total" and dict(labels)["route"].startswith("/api/v1/items/")
+    }
+    assert unlabelled == {ITEMS, ITEM}  # never a raw path
+
+
+async def test_its_engine_has_pool_gauges_in_every_worker(inventory_stack: Stack) -> None:
+    """The engine the app made in its lifespan, labelled by its database's name: its pool
+    (pool_size=3, max_overflow=2) seen in each worker."""
+    engine = inventory_stack.database.database
+    assert engine is not None
+    async with httpx.AsyncClient(base_url=inventory_stack.url) as client:
+        for _ in range(10):  # each worker checks a connection out at least once, most likely
+            await client.get(ITEMS)
+    deadline = asyncio.get_running_loop().time() + 10
+    workers = {str(pid) for pid in inventory_stack.worker_pids()}
+    while True:
+        samples = await scrape(inventory_stack)
+        maxima = {
+            dict(labels)["pid"]: sample
+            for (name, labels), sample in samples.items()
+            if name == "db_pool_connections_max" and dict(labels).get("engine") == engine
+        }
+        in_use = value(samples, "db_pool_connections_in_use", engine=engine)
+        # Sampled once a second: the last burst's checkouts may still show for a moment.
+        done = set(maxima) == workers and in_use == 0
+        if done or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert maxima == dict.fromkeys(workers, 5.0)
+    assert in_use == 0
+
+
+async def test_its_own_log_lines_are_json_with_the_request_id(inventory_stack: Stack) -> None:
+    request_id = f"inventory-{uuid.uuid4().hex}"
+    body = {"name": "logged", "owner_email": "owner@example.com"}
+    async with httpx.AsyncClient(base_url=inventory_stack.url) as client:
+        response = await client.post(ITEMS, json=body, headers={"X-Request-ID": request_id})
+    assert response.status_code == 201
+    assert "app;dur=" in response.headers["server-timing"]
+    assert response.headers["x-request-id"] == request_id
+    lines = await inventory_stack.logged([request_id])
+    mine = [line for line in lines if line.get("request_id") == request_id]
+    by_logger = {line["logger"]: line for line in mine}
+    item_id = response.json()["id"]
+    assert by_logger["inventory.items"]["event"] == f"item created: {item_id}"
+    assert by_logger["inventory.items"]["level"] == "info"
+    access = by_logger["service.access"]
+    assert (access["route"], access["status"]) == (ITEMS, 201)
+
+
+async def test_reload_under_load_fails_no_request(inventory_stack: Stack) -> None:
+    """`make reload` while clients write and read: every answer is the one expected."""
+    statuses: Counter[tuple[str, int]] = Counter()
+    stop = asyncio.Event()
+    old_workers = set(inventory_stack.worker_pids())
+
+    async def client_loop() -> None:
+        body = {"name": "reload", "owner_email": "owner@example.com"}
+        async with httpx.AsyncClient(base_url=inventory_stack.url, timeout=30) as client:
+            while not stop.is_set():
+                created = await client.post(ITEMS, json=body)
+                statuses["POST", created.status_code] += 1
+                if created.status_code == 201:
+                    read = await client.get(f"{ITEMS}{created.json()['id']}")
+                    statuses["GET", read.status_code] += 1
+
+    clients = [asyncio.create_task(client_loop()) for _ in range(8)]
+    try:
+        await asyncio.sleep(1)
+        await inventory_stack.arun("reload")
+        await asyncio.sleep(1)
+    finally:
+        stop.set()
+        await asyncio.gather(*clients)
+    assert set(statuses) == {("POST", 201), ("GET", 200)}, statuses
+    assert statuses["POST", 201] == statuses["GET", 200]
+    assert statuses["POST", 201] > 50
+    assert not old_workers & set(inventory_stack.worker_pids())

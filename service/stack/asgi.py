@@ -111,7 +111,7 @@ class StackApp:
             except LifespanFailedError as exc:
                 logger.error("app_startup_failed", error=str(exc))
                 await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                return
+                raise  # as Starlette does: the server stops the worker either way
             self.engines_end = REGISTRY.mark()
             self.readiness.started = True
             await send({"type": "lifespan.startup.complete"})
@@ -122,7 +122,7 @@ class StackApp:
             except LifespanFailedError as exc:
                 logger.error("app_shutdown_failed", error=str(exc))
                 await send({"type": "lifespan.shutdown.failed", "message": str(exc)})
-                return
+                raise
         await send({"type": "lifespan.shutdown.complete"})
 
 

@@ -125,7 +125,7 @@ LOAD_FLAGS = $(call flag,USERS,--users) $(call flag,SPAWN_RATE,--spawn-rate) \
 	$(call flag,MAX_P99_MS,--max-p99-ms) $(call flag,LOCUST_PROCESSES,--processes)
 
 .PHONY: loadtest
-loadtest: install ## Locust headless against the running stack: make loadtest USERS=50 RUN_TIME=30 MAX_P99_MS=500
+loadtest: install ## Locust headless against the running stack: make loadtest USERS=50 RUN_TIME=30 MAX_P99_MS=500 [LOCUSTFILE=path]
 	$(RUN) python -m loadtest.run $(LOAD_FLAGS) $(call flag,MAX_P95_MS,--max-p95-ms)
 
 # The scaling lab's gate (loadtest/sweep_gate.py): CHECK=1, or bounds of its own in

@@ -11,101 +11,27 @@ attempt is recorded as what it was: a 502 is a failure, its retry is listed as "
 
     locust -f loadtest/locustfile.py --headless -H http://127.0.0.1:8080 -u 50 -r 10 -t 30s
 
-The defaults of those options are in pyproject.toml's [tool.locust]. The file also carries its
-own gates: it refuses any host but loopback, prints a progress line every few seconds, and at
-the end sets Locust's exit code to 1 when a threshold breaks (--max-failure-ratio,
---max-p95-ms, --max-p99-ms), so a bare `locust` run is judged like `make loadtest`.
+The defaults of those options are in pyproject.toml's [tool.locust]. It imports the stack's
+harness (`loadtest.harness`: loopback only, progress lines, thresholds), so a bare `locust`
+run is judged like `make loadtest`, which loads the harness beside any LOCUSTFILE.
 """
 
 import random
-import sys
 import time
 import uuid
-from argparse import ArgumentParser
 from collections.abc import Callable
 from typing import Any
 
-import gevent
-from locust import FastHttpUser, between, events, task
+from locust import FastHttpUser, between, task
 from locust.contrib.fasthttp import ResponseContextManager
-from locust.env import Environment
-from locust.runners import WorkerRunner
 
-from deploy.loopback import loopback_only
-from loadtest.thresholds import Thresholds, violations
+from loadtest import harness  # noqa: F401 (registers the loopback guard, progress, verdict)
 
 NOTE_FIELDS = {"id", "text", "completed", "created_at", "updated_at"}
 SEED_NOTES = 5
 # Answers after which a write may or may not have happened; 0 is "no answer" in Locust.
 RETRYABLE = {0, 502, 503, 504}
 WRITE_ATTEMPTS = 4
-PROGRESS_SECONDS = 5
-
-
-@events.init_command_line_parser.add_listener
-def _threshold_options(parser: ArgumentParser) -> None:
-    defaults = Thresholds()
-    parser.add_argument(
-        "--max-failure-ratio", type=float, default=defaults.max_failure_ratio,
-        help="exit 1 if more requests than this share fail",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-p95-ms", type=float, default=defaults.max_p95_ms,
-        help="exit 1 if the 95th percentile is slower",
-    )  # fmt: skip
-    parser.add_argument(
-        "--max-p99-ms", type=float, default=defaults.max_p99_ms,
-        help="exit 1 if the 99th percentile is slower",
-    )  # fmt: skip
-
-
-@events.init.add_listener
-def _guard_and_report(environment: Environment, **_: Any) -> None:
-    """Refuse any host but this machine; then, on the process that holds the totals (not a
-    worker), print progress while the test runs."""
-    try:
-        loopback_only(environment.host or "")
-    except ValueError as exc:
-        sys.exit(f"locustfile: {exc}")
-    if not isinstance(environment.runner, WorkerRunner):
-        gevent.spawn(_progress, environment)
-
-
-def _progress(environment: Environment) -> None:
-    started = time.monotonic()
-    while True:
-        gevent.sleep(PROGRESS_SECONDS)
-        total = environment.stats.total
-        failed = total.num_failures / total.num_requests if total.num_requests else 0.0
-        print(
-            f"loadtest: {time.monotonic() - started:.0f}s: {total.num_requests} requests, "
-            f"{total.current_rps:.0f} req/s, {failed:.2%} failed, "
-            f"p95 {total.get_current_response_time_percentile(0.95) or 0:g} ms",
-            flush=True,
-        )
-
-
-@events.quitting.add_listener
-def _verdict(environment: Environment, **_: Any) -> None:
-    """Judge the whole run against the thresholds; a broken one makes Locust exit 1."""
-    if isinstance(environment.runner, WorkerRunner) or environment.parsed_options is None:
-        return
-    options = environment.parsed_options
-    thresholds = Thresholds(options.max_failure_ratio, options.max_p95_ms, options.max_p99_ms)
-    total = environment.stats.total
-    broken = violations(
-        thresholds,
-        requests=total.num_requests,
-        failures=total.num_failures,
-        p95_ms=total.get_response_time_percentile(0.95) or 0.0,
-        p99_ms=total.get_response_time_percentile(0.99) or 0.0,
-    )
-    if broken:
-        print(f"loadtest: broken: {'; '.join(broken)}", flush=True)
-        environment.process_exit_code = 1
-    else:
-        print(f"loadtest: all thresholds held ({thresholds.describe()})", flush=True)
-        environment.process_exit_code = 0
 
 
 def _header(response: ResponseContextManager, name: str) -> str:

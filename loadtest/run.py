@@ -1,11 +1,12 @@
 """`make loadtest`: Locust headless against the running stack, its reports, and a verdict.
 
-    uv run python -m loadtest.run [--users 50] [--spawn-rate 50] [--run-time 30]
+    [LOCUSTFILE=path] uv run python -m loadtest.run [--users 50] [--spawn-rate 50] [--run-time 30]
         [--processes N] [--max-failure-ratio 0.01] [--max-p95-ms 250] [--max-p99-ms 500]
 
-The thresholds and the loopback guard live in the locustfile, so a bare
-`locust -f loadtest/locustfile.py` keeps them too; Locust's exit code is the verdict. This
-adds what a person wants around it: Locust's progress lines while it runs, its CSV and HTML
+The users come from LOCUSTFILE (default the notes scenario, `loadtest/locustfile.py`); the
+thresholds, progress lines and the loopback guard from `loadtest/harness.py`, loaded beside it,
+so any locustfile is judged alike; Locust's exit code is the verdict. This adds what a person
+wants around it: Locust's progress lines while it runs, its CSV and HTML
 reports and a summary.md under loadtest/results/<timestamp>/, and Locust's own CPU.
 
 One Locust process is one gevent loop on one core, good for about 5,000 requests a second: a
@@ -15,12 +16,13 @@ which is what the reports show.
 """
 
 import argparse
-import csv
+import json
 import os
 import subprocess
 import sys
 import time
 import tomllib
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +33,10 @@ from loadtest.thresholds import Thresholds, violations
 from service.runtime.capacity import usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+# The users: LOCUSTFILE, else the notes scenario. The harness (loopback guard, progress,
+# thresholds) is loaded beside whichever it is.
+DEFAULT_LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+HARNESS = ROOT / "loadtest" / "harness.py"
 # The defaults of every Locust run, `make loadtest`'s and a bare `locust`'s alike.
 LOCUST_DEFAULTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["locust"]
 DEFAULT_USERS = int(LOCUST_DEFAULTS["users"])
@@ -93,6 +98,19 @@ def default_processes() -> int:
     return 1 if cpus == 1 else max(2, cpus // CPUS_PER_LOCUST_PROCESS)
 
 
+def locustfile() -> Path:
+    """The locustfile LOCUSTFILE names (relative to the current directory), else the notes
+    scenario; a name that is no file stops the run with a message."""
+    configured = os.environ.get("LOCUSTFILE", "").strip()
+    if not configured:
+        return DEFAULT_LOCUSTFILE
+    path = Path(configured).resolve()
+    if not path.is_file():
+        msg = f"LOCUSTFILE={configured}: no such file"
+        raise SystemExit(msg)
+    return path
+
+
 def load_generator_saturated(locust_cpu: float, processes: int) -> bool:
     """Whether Locust's processes together used nearly all the cores they could (one each)."""
     return locust_cpu >= LOCUST_CPU_LIMIT * processes
@@ -116,7 +134,7 @@ def run_locust(
     loopback_only(host)
     thresholds = thresholds or Thresholds()
     argv = [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
+        sys.executable, "-m", "locust", "-f", f"{HARNESS},{locustfile()}", "--headless",
         "--host", host, "--users", str(users), "--spawn-rate", str(spawn_rate),
         "--run-time", f"{seconds}s", "--stop-timeout", "5", "--only-summary",
         "--max-failure-ratio", str(thresholds.max_failure_ratio),
@@ -133,7 +151,11 @@ def run_locust(
                  "--master-port", str(port)]  # fmt: skip
     if reports:
         out_dir.mkdir(parents=True, exist_ok=True)
-        argv += ["--csv", str(out_dir / tag), "--html", str(out_dir / f"{tag}.html")]
+        # The CSV and HTML are for people; the figures come from the JSON, which Locust writes
+        # once every user has stopped. Its last CSV is written up to a second before that:
+        # a 6 s run's CSV missed 15% of the requests the stack counted.
+        argv += ["--csv", str(out_dir / tag), "--html", str(out_dir / f"{tag}.html"),
+                 "--json-file", str(out_dir / tag)]  # fmt: skip
     started = time.monotonic()
     # Locust's CPU, all its processes included, once they have been waited for.
     cpu_before = children_cpu_seconds()
@@ -158,28 +180,42 @@ def run_locust(
         raise SystemExit(msg)
     if not reports:
         return None
-    return _aggregate(out_dir / f"{tag}_stats.csv", cpu / elapsed, elapsed, processes, seconds)
+    return _aggregate(out_dir / f"{tag}.json", cpu / elapsed, elapsed, processes, seconds)
 
 
 def _aggregate(
-    stats_csv: Path, locust_cpu: float, elapsed: float, processes: int, run_time: int
+    stats_json: Path, locust_cpu: float, elapsed: float, processes: int, run_time: int
 ) -> RunResult:
-    with stats_csv.open() as file:
-        row = next(r for r in csv.DictReader(file) if r["Name"] == "Aggregated")
+    """The run's figures from Locust's final statistics: every request of every name."""
+    entries = json.loads(stats_json.read_text())
+    requests = sum(int(entry["num_requests"]) for entry in entries)
+    failures = sum(int(entry["num_failures"]) for entry in entries)
+    # Response times in Locust's own buckets (milliseconds, rounded), summed over the names.
+    times: Counter[int] = Counter()
+    for entry in entries:
+        times.update({int(ms): count for ms, count in entry["response_times"].items()})
 
-    def number(key: str) -> float:
-        return float(row[key]) if row[key] not in ("", "N/A") else 0.0
+    def percentile(share: float) -> float:
+        # Locust's own rule (locust.stats.calculate_response_time_percentile), without
+        # importing Locust, which patches this process with gevent.
+        within = int(requests * share)
+        counted = 0
+        for milliseconds in sorted(times, reverse=True):
+            counted += times[milliseconds]
+            if requests - counted <= within:
+                return float(milliseconds)
+        return 0.0
 
     return RunResult(
-        requests=int(row["Request Count"]),
-        failures=int(row["Failure Count"]),
+        requests=requests,
+        failures=failures,
         # Requests over the run time. Locust's own Requests/s divides by the span its master
         # saw, which with worker processes starts late: 2,149 requests in a 10 s run read
         # as 267/s, not 215.
-        requests_per_second=int(row["Request Count"]) / run_time,
-        p50_ms=number("50%"),
-        p95_ms=number("95%"),
-        p99_ms=number("99%"),
+        requests_per_second=requests / run_time,
+        p50_ms=percentile(0.5),
+        p95_ms=percentile(0.95),
+        p99_ms=percentile(0.99),
         locust_cpu=locust_cpu,
         seconds=elapsed,
         locust_processes=processes,
@@ -258,7 +294,8 @@ def main() -> None:
     thresholds = Thresholds(args.max_failure_ratio, args.max_p95_ms, args.max_p99_ms)
     out_dir = args.out or RESULTS / timestamp()
     print(
-        f"loadtest: {args.users} users for {args.run_time}s against {args.host}, "
+        f"loadtest: {locustfile()}: "
+        f"{args.users} users for {args.run_time}s against {args.host}, "
         f"{processes} Locust process{'es' if processes > 1 else ''}",
         flush=True,
     )

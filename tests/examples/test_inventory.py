@@ -8,9 +8,13 @@ with two workers.
 """
 
 import asyncio
+import csv
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -187,3 +191,65 @@ async def test_reload_under_load_fails_no_request(inventory_stack: Stack) -> Non
     assert statuses["POST", 201] == statuses["GET", 200]
     assert statuses["POST", 201] > 50
     assert not old_workers & set(inventory_stack.worker_pids())
+
+
+def run_module(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:
+    """`make loadtest`/`make sweep` as a user would run them for this app: LOCUSTFILE set."""
+    env = {**stack.env, "LOCUSTFILE": str(EXAMPLE / "locustfile.py")}
+    return subprocess.run(
+        [sys.executable, "-m", *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600, check=False,
+    )  # fmt: skip
+
+
+async def test_its_locustfile_runs_and_every_request_is_counted(
+    inventory_stack: Stack, tmp_path: Path
+) -> None:
+    """`make loadtest LOCUSTFILE=...`: the harness's thresholds and progress around the app's
+    own users, and the stack counts exactly the requests Locust sent."""
+    api = "/api/v1/"
+    before = await scrape(inventory_stack)
+    result = await asyncio.to_thread(
+        run_module, inventory_stack, "loadtest.run", "--host", inventory_stack.url,
+        "--users", "6", "--spawn-rate", "6", "--run-time", "6", "--processes", "1",
+        "--out", str(tmp_path),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "examples/inventory/locustfile.py" in result.stdout
+    assert "loadtest: all thresholds held" in result.stdout
+    stats = (tmp_path / "locust_stats.csv").read_text()
+    for name in ("/api/v1/items/{item_id}", "/api/v1/items/", "/api/v1/admin/stats"):
+        assert name in stats, name
+    header, values = (tmp_path / "result.csv").read_text().splitlines()
+    row = dict(zip(header.split(","), values.split(","), strict=True))
+    assert int(row["failures"]) == 0
+    after = await scrape(inventory_stack)
+
+    def api_requests(samples: Samples) -> float:
+        return sum(
+            count
+            for (name, labels), count in samples.items()
+            if name == "http_requests_total" and dict(labels)["route"].startswith(api)
+        )
+
+    assert api_requests(after) - api_requests(before) == int(row["requests"])
+
+
+def test_a_short_sweep_of_it_reports_and_recommends(inventory_stack: Stack, tmp_path: Path) -> None:
+    result = run_module(
+        inventory_stack, "loadtest.sweep", "--host", inventory_stack.url,
+        "--prometheus", inventory_stack.prometheus_url, "--out", str(tmp_path),
+        "--workers", "1 2", "--users", "6", "--run-time", "10", "--warmup", "1",
+        "--processes", "1",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    with (tmp_path / "sweep.csv").open() as file:
+        rows = {int(row["workers"]): row for row in csv.DictReader(file)}
+    assert list(rows) == [1, 2]
+    for row in rows.values():
+        assert float(row["requests_per_second"]) > 0
+        assert float(row["failure_ratio"]) == 0
+    report = (tmp_path / "report.md").read_text()
+    assert "**Recommendation:" in report
+    assert "## Capacity plan" in report
+    assert len(inventory_stack.worker_pids()) == 2

@@ -265,7 +265,7 @@ def _service_contenders(env: dict[str, str]) -> tuple[Contender, Contender]:
     access line and request metrics."""
     deployed = {**env, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-")}
     quiet = {**deployed, "ACCESS_LOG": "false", "REQUEST_METRICS": "false"}
-    service_app = ["--factory", "service.main:create_app"]
+    service_app = ["--factory", "service.stack.asgi:create_stack"]
     return (
         Contender("service, as deployed", service_app, 18103, deployed),
         Contender("service, no observability", service_app, 18104, quiet),

@@ -28,7 +28,7 @@ from loadtest.bench.harness import ROOT, bench_database, load_average
 CONTENDERS = {
     "bare Starlette + asyncpg": "loadtest.bench.contenders:bare",
     "FastAPI + asyncpg": "loadtest.bench.contenders:fastapi_raw",
-    "service, as deployed": "service.main:create_app()",
+    "service, as deployed": "service.stack.asgi:create_stack()",
 }
 ROWS = 10_000
 WARM_UP = 300

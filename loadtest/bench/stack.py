@@ -3,7 +3,8 @@
 The stack as `make up` runs it (nginx → gunicorn with the stack's worker class and
 gunicorn.conf.py → N workers, access logs and metrics as deployed, Prometheus scraping),
 started by the native runner on free ports in a run directory of its own, against what a user
-would run instead of it: `uvicorn --workers N --factory service.main:create_app`, no proxy.
+would run instead of it: `uvicorn --workers N --factory service.stack.asgi:create_stack` (the notes
+service behind the stack's wrapper, in process), no proxy.
 The same app, database, rows and N; wrk (one thread, 64 connections) reads random ids from
 each in turn, in alternating rounds. Printed: each round, then the medians, the median of the
 per-round ratios, and where the CPU of a request went in each (nginx, gunicorn's master, the
@@ -157,7 +158,7 @@ def bare(database: BenchDatabase, workers: int) -> Iterator[Server]:
         "DATABASE_URL": database.url,
         "PROMETHEUS_MULTIPROC_DIR": str(directory / "metrics"),
     }
-    argv = [sys.executable, "-m", "uvicorn", "--factory", "service.main:create_app",
+    argv = [sys.executable, "-m", "uvicorn", "--factory", "service.stack.asgi:create_stack",
             "--workers", str(workers), "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     log = directory / "app.log"
     with log.open("ab") as output:

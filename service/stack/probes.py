@@ -19,9 +19,9 @@ from sqlalchemy.exc import DBAPIError
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from service.health import alembic_heads
 from service.observability.metrics import render_metrics
 from service.stack.engines import ping, schema_revision
+from service.stack.heads import alembic_heads
 
 logger = structlog.get_logger(__name__)
 

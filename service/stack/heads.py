@@ -3,7 +3,7 @@
 import ast
 from pathlib import Path
 
-VERSIONS_DIR = Path(__file__).resolve().parent.parent / "migrations" / "versions"
+VERSIONS_DIR = Path(__file__).resolve().parents[2] / "migrations" / "versions"
 
 
 def alembic_heads(versions_dir: Path = VERSIONS_DIR) -> frozenset[str]:

@@ -137,9 +137,11 @@ def _urls(stack: Stack) -> list[tuple[str, str]]:
     urls: list[tuple[str, str]]
     match front:
         case Part.PROXY:
+            app = load(WorkerSettings).app
+            notes = app == WorkerSettings.model_fields["app"].default
             urls = [
-                ("API", f"{stack.public_url}/api/v1/notes"),
-                ("docs", f"{stack.public_url}/docs"),
+                ("API", f"{stack.public_url}/api/v1/notes" if notes else f"{stack.public_url}/"),
+                ("app", app) if not notes else ("docs", f"{stack.public_url}/docs"),
                 ("metrics", f"{stack.ops_url}/metrics"),
                 ("nginx", f"{stack.ops_url}/stub_status"),
                 ("prometheus", stack.prometheus_url),

@@ -7,6 +7,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from sqlalchemy.engine import URL
+from starlette.types import ASGIApp
 
 from service.config import Settings, load_settings
 from service.main import create_app
@@ -23,14 +24,21 @@ def settings_for(url: URL, **overrides: object) -> Settings:
 
 
 @asynccontextmanager
-async def app_client(url: URL, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
-    """A client for a fresh app on `url`, its lifespan (engine and pool) running."""
-    settings = settings_for(url, **overrides)
-    app = wrap(create_app(settings), settings)
+async def serving(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of `app`, in process, its lifespan running."""
     async with LifespanManager(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://notes.test") as client:
             yield client
+
+
+@asynccontextmanager
+async def app_client(url: URL, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+    """A client for a fresh app on `url` behind the stack, its lifespan (engine and pool)
+    running."""
+    settings = settings_for(url, **overrides)
+    async with serving(wrap(create_app(settings), settings)) as client:
+        yield client
 
 
 FAILING_ROUTE = "/test/fail"

@@ -4,8 +4,7 @@ precompiled handlers answer as FastAPI's own would, honouring every dependency a
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +12,6 @@ import asyncpg
 import fastapi.routing
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from sqlalchemy.engine import URL
 
@@ -21,7 +19,7 @@ from service.database.connections import create_database, get_database
 from service.http import precompiled
 from service.main import create_app
 from service.notes.router import router as notes_router
-from tests.apps import settings_for
+from tests.apps import serving, settings_for
 from tests.postgres import asyncpg_dsn, fresh_database, migrate
 
 NOTES = "/api/v1/notes"
@@ -48,15 +46,6 @@ def test_the_openapi_document_is_the_published_one() -> None:
     After a deliberate change to the API: `uv run python -m tests.service.http.test_precompiled`.
     """
     assert create_app().openapi() == json.loads(OPENAPI.read_text())
-
-
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    """A client of `app`, its lifespan running."""
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://notes.test") as client:
-            yield client
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI, Request
@@ -18,22 +17,15 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.types import Receive, Scope, Send
 
 from service.config import ConfigurationError, WorkerSettings
-from service.stack.asgi import StackApp, load_app, wrap
+from service.stack.asgi import load_app, wrap
 from service.stack.lifespan import AppLifespan, LifespanFailedError
+from tests.apps import serving
 
 NO_MIGRATIONS = {"migrations": None}
 
 
 def settings(**overrides: Any) -> WorkerSettings:
     return WorkerSettings(**{**NO_MIGRATIONS, **overrides})
-
-
-@asynccontextmanager
-async def served(app: StackApp) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://app.test") as client:
-            yield client
 
 
 async def test_a_bare_asgi_app_gets_the_probes_and_a_json_500() -> None:
@@ -46,7 +38,7 @@ async def test_a_bare_asgi_app_gets_the_probes_and_a_json_500() -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"hi"})
 
-    async with served(wrap(app, settings())) as client:
+    async with serving(wrap(app, settings())) as client:
         assert (await client.get("/healthz")).json() == {"status": "ok"}
         assert (await client.get("/readyz")).json() == {"status": "ready"}
         assert (await client.post("/readyz")).status_code == 405
@@ -67,7 +59,7 @@ async def test_a_fastapi_apps_unexpected_error_is_json_and_its_own_handler_is_ke
         msg = "a bug"
         raise RuntimeError(msg)
 
-    async with served(wrap(plain, settings())) as client:
+    async with serving(wrap(plain, settings())) as client:
         response = await client.get("/boom")
         assert (response.status_code, response.json()) == (500, {"detail": "Internal Server Error"})
 
@@ -89,7 +81,7 @@ async def test_the_apps_lifespan_runs_inside_the_stacks_and_its_state_reaches_re
 
     stack = wrap(app, settings())
     assert not stack.readiness.started
-    async with served(stack) as client:
+    async with serving(stack) as client:
         assert events == ["app started"]
         assert stack.readiness.started
         assert (await client.get("/greet")).json() == {"greeting": "hello"}
@@ -138,7 +130,7 @@ async def test_ready_check_decides_readiness(
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     stack = wrap(FastAPI(), settings(ready_check="readiness_of_my_app:check"))
-    async with served(stack) as client:
+    async with serving(stack) as client:
         assert (await client.get("/readyz")).status_code == 200
         sys.modules["readiness_of_my_app"].healthy = False  # type: ignore[attr-defined]
         response = await client.get("/readyz")
@@ -195,7 +187,7 @@ async def test_readiness_asks_every_engine_and_the_schema(database_url: URL) -> 
         yield
         await engines[0].dispose()
 
-    async with served(wrap(FastAPI(lifespan=lifespan), WorkerSettings())) as client:
+    async with serving(wrap(FastAPI(lifespan=lifespan), WorkerSettings())) as client:
         assert (await client.get("/readyz")).json() == {"status": "ready"}
         unreachable = create_async_engine("postgresql+asyncpg://u@127.0.0.1:9/none")
         del unreachable  # made after the startup: not the app's engine, not asked
@@ -207,7 +199,7 @@ async def test_readiness_asks_every_engine_and_the_schema(database_url: URL) -> 
         yield
 
     stack = wrap(FastAPI(lifespan=broken), settings(ready_timeout=2))
-    async with served(stack) as client:
+    async with serving(stack) as client:
         response = await client.get("/readyz")
         assert response.status_code == 503
         assert response.json()["reason"] == "database unreachable"

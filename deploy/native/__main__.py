@@ -105,6 +105,7 @@ def _gunicorn(stack: Stack) -> None:
     workers = int(env.get("WEB_CONCURRENCY") or 0) or default_workers()
     master = gunicorn.start(stack, env, workers)
     log(f"gunicorn: master {master}, {workers} workers ready")
+    gunicorn.check_measured_budget(stack, master, workers)
 
 
 def _remote_database(stack: Stack) -> None:

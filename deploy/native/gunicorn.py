@@ -1,5 +1,6 @@
 """gunicorn: start, wait for ready workers, reload without dropping a request, scale live."""
 
+import json
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ from deploy.native.processes import (
 )
 from deploy.native.state import Stack
 from service.config import ROOT, ConfigurationError
-from service.runtime.capacity import Budget, BudgetExceededError, check_budget
+from service.runtime.capacity import Budget, BudgetExceededError, MeasuredPools, check_budget
 from service.runtime.layout import GunicornLayout
 
 
@@ -74,11 +75,33 @@ def start(stack: Stack, env: dict[str, str], workers: int) -> int:
     return process.pid
 
 
-def budget(stack: Stack, workers: int) -> Budget:
-    """The connection budget of `workers` against the stack's database; fail if it does not
-    fit, naming the fixes."""
+def measured_pools(layout: GunicornLayout, master_pid: int) -> MeasuredPools | None:
+    """What the ready workers of `master_pid` measured of the app's pools (their ready
+    markers, written by the stack once the app's lifespan has started): the most connections
+    one worker's engines open, or None when the app made no engine (or an unbounded one), and
+    the budget counts DB_POOL_SIZE + DB_MAX_OVERFLOW as declared."""
+    reports = []
+    for pid in ready_workers(layout, master_pid):
+        try:
+            reports.append(json.loads(layout.ready_marker(pid).read_text() or "{}"))
+        except (OSError, ValueError):
+            continue  # a worker gone meanwhile, or a marker being written
+    engines = max((int(report.get("engines") or 0) for report in reports), default=0)
+    if not engines:
+        return None
+    capacities = [report.get("pool_capacity") for report in reports]
+    if any(capacity is None for capacity in capacities):
+        log("connection budget: the app has a pool without a bound (NullPool, or "
+            "max_overflow=-1); counting DB_POOL_SIZE + DB_MAX_OVERFLOW instead")  # fmt: skip
+        return None
+    return MeasuredPools(per_worker=max(int(c) for c in capacities), engines=engines)
+
+
+def budget(stack: Stack, workers: int, measured: MeasuredPools | None = None) -> Budget:
+    """The connection budget of `workers` against the stack's database, each worker's pools
+    as `measured`, else as declared; fail if it does not fit, naming the fixes."""
     try:
-        return check_budget(stack.app_settings(), workers)
+        return check_budget(stack.app_settings(), workers, measured)
     except (BudgetExceededError, ConfigurationError) as exc:
         fail(str(exc))
     except (OSError, TimeoutError) as exc:
@@ -86,8 +109,29 @@ def budget(stack: Stack, workers: int) -> Budget:
 
 
 def budget_check(stack: Stack, workers: int) -> None:
-    """Refuse a worker count whose pools would not fit the database."""
-    log(f"connection budget ok: {budget(stack, workers).describe()}")
+    """Refuse a worker count whose pools would not fit the database: the pools the running
+    app's engines open, measured, else DB_POOL_SIZE + DB_MAX_OVERFLOW."""
+    pid = master(stack)
+    measured = measured_pools(stack.layout, pid) if pid else None
+    log(f"connection budget ok: {budget(stack, workers, measured).describe()}")
+
+
+def check_measured_budget(stack: Stack, master_pid: int, workers: int) -> None:
+    """Once the workers have started: the budget again, with the pools their app really
+    opened. gunicorn's own check, before any worker, could only count the declared ones. If
+    they do not fit, stop gunicorn and fail, as that check would have."""
+    measured = measured_pools(stack.layout, master_pid)
+    if measured is None:
+        return
+    try:
+        found = check_budget(stack.app_settings(), workers, measured)
+    except BudgetExceededError as exc:
+        stop_process("gunicorn", master_pid, signal.SIGTERM, 45)
+        fail(str(exc))
+    except (OSError, TimeoutError, ConfigurationError) as exc:
+        log(f"connection budget not checked with the measured pools: {exc}")
+        return
+    log(f"connection budget ok: {found.describe()}")
 
 
 def reload(stack: Stack) -> None:

@@ -56,6 +56,10 @@ class BudgetExceededError(RuntimeError):
     """The workers' pools would not fit the database server's connection limit."""
 
 
+# How the budget names the connections a worker opens when nothing measured them.
+DECLARED_POOLS = "DB_POOL_SIZE + DB_MAX_OVERFLOW"
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionBudget:
     """How many connections a worker count needs, against what the server allows.
@@ -71,7 +75,7 @@ class ConnectionBudget:
     # What is counted and its knobs, what limits it, and the fixes when it does not fit.
     clients: str = "workers"
     clients_knob: str = "WEB_CONCURRENCY per host x APP_HOSTS"
-    per_worker_knob: str = "DB_POOL_SIZE + DB_MAX_OVERFLOW"
+    per_worker_knob: str = DECLARED_POOLS
     limit: str = "max_connections"
     fixes: str = (
         "shrink DB_POOL_SIZE/DB_MAX_OVERFLOW, raise the server's max_connections, or put a "
@@ -157,18 +161,44 @@ async def server_limits(settings: Settings) -> tuple[int, int]:
         await connection.close()
 
 
+@dataclass(frozen=True, slots=True)
+class MeasuredPools:
+    """What one worker's app opens at most, measured from its engines once its lifespan had
+    started (`service.stack`): the sum of each engine's pool size and overflow."""
+
+    per_worker: int
+    engines: int
+
+    @property
+    def knob(self) -> str:
+        """How the budget names the figure."""
+        return f"measured from the app's {self.engines} engine{'s' if self.engines > 1 else ''}"
+
+
 def budget_for(
-    settings: BudgetSettings, workers: int, max_connections: int, reserved: int
+    settings: BudgetSettings,
+    workers: int,
+    max_connections: int,
+    reserved: int,
+    measured: MeasuredPools | None = None,
 ) -> Budget:
     """The budget of `workers` per host on `settings.app_hosts` hosts, given PostgreSQL's
-    limits."""
+    limits: each worker's connections as `measured` from the app's engines, else as declared
+    (DB_POOL_SIZE + DB_MAX_OVERFLOW)."""
     per_worker = settings.db_pool_size + settings.db_max_overflow
+    knob = DECLARED_POOLS
+    if measured is not None:
+        per_worker, knob = measured.per_worker, measured.knob
     hosts = settings.app_hosts
     if settings.db_pooler == "none":
-        return Budget((ConnectionBudget(hosts * workers, per_worker, max_connections, reserved),))
+        pools = ConnectionBudget(
+            hosts * workers, per_worker, max_connections, reserved, per_worker_knob=knob
+        )
+        return Budget((pools,))
     clients = ConnectionBudget(
         workers=hosts * workers,
         per_worker=per_worker,
+        per_worker_knob=knob,
         max_connections=settings.pgbouncer_max_client_conn,
         reserved=0,
         limit="PgBouncer's max_client_conn",
@@ -187,16 +217,20 @@ def budget_for(
     return Budget((clients, servers))
 
 
-def connection_budget(settings: BudgetSettings, workers: int) -> Budget:
+def connection_budget(
+    settings: BudgetSettings, workers: int, measured: MeasuredPools | None = None
+) -> Budget:
     """The connections `workers` (per host) need, against what the database server allows
     (asked, through the pooler if there is one) and what the pooler accepts."""
     max_connections, reserved = asyncio.run(server_limits(settings))
-    return budget_for(settings, workers, max_connections, reserved)
+    return budget_for(settings, workers, max_connections, reserved, measured)
 
 
-def check_budget(settings: BudgetSettings, workers: int) -> Budget:
+def check_budget(
+    settings: BudgetSettings, workers: int, measured: MeasuredPools | None = None
+) -> Budget:
     """Raise BudgetExceededError, with the numbers and the fixes, if `workers` do not fit."""
-    budget = connection_budget(settings, workers)
+    budget = connection_budget(settings, workers, measured)
     problem = budget.exceeded()
     if problem:
         raise BudgetExceededError(problem)

@@ -8,6 +8,7 @@ its upstream `keepalive_timeout` (shorter than gunicorn's `keepalive`) runs out.
 down and `max_requests` recycling all end workers this way.
 """
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,7 +39,7 @@ class Worker(UvicornWorker):
 
     `ready_marker` (set by gunicorn.conf.py's post_fork hook) is created once the app's
     lifespan has started and the worker serves: `make reload` waits for these before it
-    retires the old workers.
+    retires the old workers, and the connection budget reads what it says of the app's pools.
     """
 
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "uvloop", "http": DrainingHttpToolsProtocol}
@@ -52,8 +53,13 @@ class Worker(UvicornWorker):
         self.config.timeout_graceful_shutdown = max(1, int(self.cfg.graceful_timeout) - 5)
 
     async def callback_notify(self) -> None:
-        """Heartbeat to the master; the first one comes right after the lifespan started."""
+        """Heartbeat to the master; the first one comes right after the lifespan started.
+
+        The marker holds what the stack measured of the app (`StackApp.ready_report`: its
+        engines and their pools' capacity), which the connection budget reads.
+        """
         self.notify()
         if not self._marked_ready and self.ready_marker is not None:
-            self.ready_marker.touch()
+            report = getattr(self.wsgi, "ready_report", None)
+            self.ready_marker.write_text(json.dumps(report() if report else {}))
             self._marked_ready = True

@@ -33,7 +33,7 @@ from service.http.middleware import RequestMiddleware
 from service.observability import metrics
 from service.observability.logging import configure_logging
 from service.observability.requests import RequestObserver
-from service.stack.engines import REGISTRY, watch_engines
+from service.stack.engines import REGISTRY, pool_capacity, watch_engines
 from service.stack.lifespan import AppLifespan, LifespanFailedError
 from service.stack.probes import Probes, Readiness, ReadyCheck, migration_heads
 
@@ -83,6 +83,17 @@ class StackApp:
     def engines(self) -> list[tuple[str, Engine]]:
         """The live SQLAlchemy engines of the app, with their labels."""
         return REGISTRY.between(self.engines_start, self.engines_end)
+
+    def ready_report(self) -> dict[str, object]:
+        """What the worker's ready marker says of the app (`service.runtime.worker`): its
+        engines and the connections their pools open at most together, for the connection
+        budget (None when a pool is unbounded)."""
+        capacities = [pool_capacity(engine.pool) for _, engine in self.engines()]
+        bounded = all(capacity is not None for capacity in capacities)
+        return {
+            "engines": len(capacities),
+            "pool_capacity": sum(c for c in capacities if c is not None) if bounded else None,
+        }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

@@ -87,6 +87,19 @@ class EngineRegistry:
         return sample
 
 
+def pool_capacity(pool: Any) -> int | None:
+    """The most connections `pool` opens at once: its size and overflow for a QueuePool (and
+    the asyncio one), 1 for a pool of one connection, None when nothing bounds it (NullPool,
+    or an overflow of -1)."""
+    size = getattr(pool, "size", None)
+    if size is not None:
+        overflow = int(getattr(pool, "_max_overflow", 0))
+        return None if overflow < 0 else int(size()) + overflow
+    if type(pool).__name__ in ("StaticPool", "SingletonThreadPool", "AssertionPool"):
+        return 1
+    return None
+
+
 def _sample_pool(label: str, pool: Any) -> None:
     """One pool's connections: in use, idle, beyond its size, and the most it may hold.
 
@@ -99,9 +112,7 @@ def _sample_pool(label: str, pool: Any) -> None:
     POOL_IDLE.labels(label).set(checked_in() if checked_in else 0)
     overflow = getattr(pool, "overflow", None)
     POOL_OVERFLOW.labels(label).set(max(0, overflow()) if overflow else 0)
-    size = getattr(pool, "size", None)
-    max_overflow = getattr(pool, "_max_overflow", 0)
-    POOL_MAX.labels(label).set(size() + max(0, max_overflow) if size else 0)
+    POOL_MAX.labels(label).set(pool_capacity(pool) or 0)
 
 
 REGISTRY = EngineRegistry()

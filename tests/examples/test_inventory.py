@@ -9,6 +9,7 @@ with two workers.
 
 import asyncio
 import csv
+import json
 import subprocess
 import sys
 import uuid
@@ -21,6 +22,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
+from service.runtime.capacity import MIGRATION_CONNECTIONS, SPARE_CONNECTIONS
 from tests.metrics import Samples, parse, value
 from tests.postgres import ROOT, fresh_database
 from tests.stack import Stack, running_stack
@@ -32,6 +34,8 @@ INVENTORY_ENV = {
     "APP_PATH": str(EXAMPLE),
     "MIGRATIONS": str(EXAMPLE / "alembic.ini"),
     "INVENTORY_API_KEY": API_KEY,
+    # Declared for the notes service; this app's engine ignores it (3 + 2 per worker).
+    "DB_POOL_SIZE": "1",
 }
 ITEMS = "/api/v1/items/"
 ITEM = "/api/v1/items/{item_id}"
@@ -253,3 +257,31 @@ def test_a_short_sweep_of_it_reports_and_recommends(inventory_stack: Stack, tmp_
     assert "**Recommendation:" in report
     assert "## Capacity plan" in report
     assert len(inventory_stack.worker_pids()) == 2
+
+
+async def test_the_connection_budget_counts_the_pools_the_app_really_opens(
+    inventory_stack: Stack,
+) -> None:
+    """Each worker's ready marker says what its app's engines open at most (pool_size=3 +
+    max_overflow=2), and `scale` counts that, not the DB_POOL_SIZE=1 the app never reads: a
+    worker count the declared pools would fit, the measured ones do not, is refused."""
+    for pid in inventory_stack.worker_pids():
+        marker = json.loads(inventory_stack.layout.ready_marker(pid).read_text())
+        assert marker == {"engines": 1, "pool_capacity": 5}
+    connection = await asyncpg.connect(pg_dsn(inventory_stack))
+    try:
+        max_connections = int(await connection.fetchval("SHOW max_connections"))
+        reserved = int(await connection.fetchval("SHOW superuser_reserved_connections"))
+    finally:
+        await connection.close()
+    overhead = MIGRATION_CONNECTIONS + SPARE_CONNECTIONS
+    available = max_connections - reserved
+    workers = (available - overhead) // 5 + 1
+    assert workers * 1 + overhead <= available  # DB_POOL_SIZE=1 would fit
+    before = inventory_stack.worker_pids()
+    refused = await inventory_stack.arun("scale", str(workers), check=False)
+    assert refused.returncode != 0
+    message = refused.stdout + refused.stderr
+    assert "connection budget exceeded" in message
+    assert f"{workers} workers x 5 connections (measured from the app's 1 engine)" in message
+    assert inventory_stack.worker_pids() == before

@@ -108,9 +108,9 @@ else
 endif
 
 .PHONY: dashboard
-dashboard: install ## Regenerate the Grafana dashboard JSON from deploy/grafana/dashboard.py, then check it
-	$(RUN) python -m deploy.grafana.dashboard
-	$(RUN) python -m deploy.grafana.dashboard --check
+dashboard: install ## Regenerate the Grafana dashboard JSON from deploy/grafana/dashboard.py, then check it [STACK_NAME=name: its own file, title and uid]
+	$(RUN) python -m deploy.grafana.dashboard $(if $(STACK_NAME),--name $(STACK_NAME))
+	$(RUN) python -m deploy.grafana.dashboard --check $(if $(STACK_NAME),--name $(STACK_NAME))
 
 .PHONY: settings-docs
 settings-docs: install ## Regenerate docs/settings.md and .env.example from every settings declaration, then check them

@@ -41,6 +41,7 @@ from loadtest.plan import Step, capacity_plan, knee_count, predicted_knee, recom
 from loadtest.run import load_generator_saturated
 from loadtest.sweep_config import SweepConfig, parse_args
 from loadtest.sweep_steps import Pools, StepRun, master_pid, measure, scale
+from service.config import WorkerSettings, load
 from service.runtime.capacity import connection_budget, usable_cpus
 
 
@@ -76,7 +77,7 @@ def run_steps(config: SweepConfig, original: int) -> list[StepRun]:
     order = config.order
     runs = []
     try:
-        with lab_caps(config.cpu_per_worker, "notes-lab"):
+        with lab_caps(config.cpu_per_worker, f"{load(WorkerSettings).stack_name}-lab"):
             for index, workers in enumerate(order, start=1):
                 prefix = f"sweep [{index}/{len(order)}] {workers} workers:"
                 run = measure(config, workers, prefix)

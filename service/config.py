@@ -65,6 +65,13 @@ class WorkerSettings(FromEnvironment):
         "`pkg.module:create_app()`; the default is the notes service",
         example="service.main:create_app()",
     )
+    stack_name: str = setting(
+        "notes",
+        "this deployment's name: the private cluster's database (with `_` for `-`), the "
+        "Prometheus job, the lab's cgroups and each worker's `application_name` "
+        "(`<name>:<pid>`) in pg_stat_activity",
+        pattern=r"^[a-z][a-z0-9-]{0,39}$",
+    )
     app_path: Path = setting(
         ROOT,
         "a directory put first on the import path, where `APP`'s package is found",

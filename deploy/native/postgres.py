@@ -20,8 +20,9 @@ def ensure_database(stack: Stack) -> StackState:
     run_helper("install-deps", "postgres")
     start_private(stack)
     port = stack.settings.postgres_port
-    asyncio.run(create_database(f"postgresql://postgres@127.0.0.1:{port}/postgres", "notes"))
-    url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/notes"
+    name = settings.stack_name.replace("-", "_")
+    asyncio.run(create_database(f"postgresql://postgres@127.0.0.1:{port}/postgres", name))
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/{name}"
     return StackState(database_url=url, private_postgres=True)
 
 

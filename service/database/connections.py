@@ -189,7 +189,7 @@ def create_database(settings: Settings) -> Database:
         "timeout": settings.db_connect_timeout,
         "server_settings": {
             # The pid tells which worker holds a connection in pg_stat_activity.
-            "application_name": f"notes-service:{os.getpid()}",
+            "application_name": f"{settings.stack_name}:{os.getpid()}",
             "statement_timeout": str(int(settings.db_statement_timeout * 1000)),
             # Millisecond queries never gain from JIT; it only adds planning time.
             "jit": "off",

@@ -14,6 +14,7 @@ Engines are held weakly: one the app drops stops being sampled, its gauges set t
 """
 
 import asyncio
+import os
 import threading
 import weakref
 from collections import Counter
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.util import greenlet_spawn
 
@@ -119,8 +120,24 @@ REGISTRY = EngineRegistry()
 _installed = False
 
 
-def watch_engines() -> None:
-    """From now on, track every engine made in this process (idempotent)."""
+def _name_connections(engine: Engine, stack_name: str) -> None:
+    """Name every connection `engine` opens `<stack_name>:<pid>` in pg_stat_activity, unless
+    the app names them itself: which worker of which deployment holds each one."""
+
+    @event.listens_for(engine, "do_connect")
+    def name(dialect: Any, record: Any, args: Any, params: dict[str, Any]) -> None:
+        application_name = f"{stack_name}:{os.getpid()}"
+        if dialect.driver == "asyncpg":
+            params.setdefault("server_settings", {}).setdefault(
+                "application_name", application_name
+            )
+        elif dialect.name == "postgresql":
+            params.setdefault("application_name", application_name)
+
+
+def watch_engines(stack_name: str = "notes") -> None:
+    """From now on, track every engine made in this process, and name its connections after
+    `stack_name` (idempotent)."""
     global _installed  # noqa: PLW0603 (one hook per process, installed once)
     if _installed:
         return
@@ -128,6 +145,7 @@ def watch_engines() -> None:
 
     def engine_created(cls: type[DefaultDialect], engine: Engine) -> None:
         REGISTRY.add(engine)
+        _name_connections(engine, stack_name)
         previous.__func__(cls, engine)  # type: ignore[attr-defined]
 
     DefaultDialect.engine_created = classmethod(engine_created)  # type: ignore[assignment,method-assign]

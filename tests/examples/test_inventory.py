@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from service.runtime.capacity import MIGRATION_CONNECTIONS, SPARE_CONNECTIONS
-from tests.metrics import Samples, parse, value
+from tests.metrics import Samples, instant_query, parse, value
 from tests.postgres import ROOT, fresh_database
 from tests.stack import Stack, running_stack
 
@@ -34,6 +34,7 @@ INVENTORY_ENV = {
     "APP_PATH": str(EXAMPLE),
     "MIGRATIONS": str(EXAMPLE / "alembic.ini"),
     "INVENTORY_API_KEY": API_KEY,
+    "STACK_NAME": "inventory",
     # Declared for the notes service; this app's engine ignores it (3 + 2 per worker).
     "DB_POOL_SIZE": "1",
 }
@@ -285,3 +286,32 @@ async def test_the_connection_budget_counts_the_pools_the_app_really_opens(
     assert "connection budget exceeded" in message
     assert f"{workers} workers x 5 connections (measured from the app's 1 engine)" in message
     assert inventory_stack.worker_pids() == before
+
+
+async def test_stack_name_names_its_connections_and_its_prometheus_job(
+    inventory_stack: Stack,
+) -> None:
+    """STACK_NAME=inventory: every worker's connections are `inventory:<pid>` in
+    pg_stat_activity (the app's own engine, named by the stack), and Prometheus scrapes the
+    app as the job `inventory`."""
+    async with httpx.AsyncClient(base_url=inventory_stack.url) as client:
+        for _ in range(10):
+            assert (await client.get(ITEMS)).status_code == 200
+    connection = await asyncpg.connect(pg_dsn(inventory_stack))
+    try:
+        names = set(
+            await connection.fetch(
+                "SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = $1",
+                inventory_stack.database.database,
+            )
+        )
+    finally:
+        await connection.close()
+    named = {row["application_name"] for row in names}
+    assert {f"inventory:{pid}" for pid in inventory_stack.worker_pids()} <= named
+    deadline = asyncio.get_running_loop().time() + 30
+    while not (up := await instant_query(inventory_stack.prometheus_url, 'up{job="inventory"}')):
+        assert asyncio.get_running_loop().time() < deadline, "no scrape of the job inventory"
+        await asyncio.sleep(1)
+    assert [series.value for series in up] == [1.0]
+    assert up[0].labels["service"] == "inventory"

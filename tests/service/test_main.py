@@ -89,15 +89,15 @@ def test_two_processes_each_open_their_own_pool(database_url: URL) -> None:
                 rows = await connection.fetch(
                     "SELECT application_name, count(*) AS n FROM pg_stat_activity "
                     "WHERE datname = current_database() "
-                    "AND application_name LIKE 'notes-service:%' GROUP BY 1"
+                    "AND application_name LIKE 'notes:%' GROUP BY 1"
                 )
                 return {row["application_name"]: row["n"] for row in rows}
             finally:
                 await connection.close()
 
         pools = asyncio.run(holders())
-    assert pools.get(f"notes-service:{first.pid}", 0) >= 1, pools
-    assert pools.get(f"notes-service:{second.pid}", 0) >= 1, pools
+    assert pools.get(f"notes:{first.pid}", 0) >= 1, pools
+    assert pools.get(f"notes:{second.pid}", 0) >= 1, pools
 
 
 @dataclass(frozen=True)

@@ -144,6 +144,17 @@ def test_committed_json_is_what_the_generator_writes(tmp_path: Path) -> None:
     assert "out of date" in result.stderr
 
 
+def test_another_stack_name_gets_its_own_title_uid_and_file(tmp_path: Path) -> None:
+    """STACK_NAME=inventory: the same panels under the deployment's own title and uid."""
+    output = tmp_path / "inventory.json"
+    result = generate("--name", "inventory", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    board, notes = json.loads(output.read_text()), json.loads(DASHBOARD.read_text())
+    assert (board["title"], board["uid"]) == ("Inventory stack", "inventory-stack")
+    assert board["tags"][0] == "inventory"
+    assert board["panels"] == notes["panels"]
+
+
 # --- the dashboard's structure -----------------------------------------------------------------
 
 

@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # The service image: gunicorn with uvicorn workers, the same gunicorn.conf.py as native mode.
-# Also runs the one-shot migration (`alembic upgrade head`) in docker-compose.yml.
+# Also runs the one-shot migration (`python -m service.stack.migrate`) in docker-compose.yml.
+# The app is the notes service, or another project of the build context: `--build-arg
+# APP_PATH=examples/inventory`, then APP (and MIGRATIONS) at run time (docs/your-app.md).
 
 # Build and runtime must share one base: the venv's python is a symlink into it.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -22,6 +24,29 @@ COPY pyproject.toml uv.lock ./
 RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
 
+# --- the app: another project's directory (APP_PATH) and its requirements, pinned around the
+# stack's locked ones as `make up` pins them (deploy/native/app_deps.py); for the notes
+# service (APP_PATH=.) nothing: its code is the stack's own.
+FROM build AS app
+ARG APP_PATH=.
+COPY ${APP_PATH}/ /srv/context/${APP_PATH}/
+RUN --mount=type=cache,target=/root/.cache/uv \
+    set -eu; \
+    project="/srv/context/${APP_PATH}"; \
+    if [ "${APP_PATH}" = "." ]; then \
+        find /srv/context -mindepth 1 -delete; \
+    else \
+        for wanted in requirements.txt pyproject.toml; do \
+            if [ -f "$project/$wanted" ]; then \
+                uv pip freeze --python /app/.venv/bin/python > /tmp/installed.txt; \
+                grep '==' /tmp/installed.txt > /tmp/stack-pins.txt; \
+                uv pip install --python /app/.venv/bin/python \
+                    -r "$project/$wanted" -c /tmp/stack-pins.txt; \
+                break; \
+            fi; \
+        done; \
+    fi
+
 # --- runtime: the venv and the code, no uv, no build tools, not root --------------------------
 FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 app \
@@ -38,10 +63,13 @@ ENV PATH=/app/.venv/bin:$PATH \
 
 WORKDIR /app
 # Owned by root: the service cannot change its own code or dependencies.
-COPY --from=build /app/.venv /app/.venv
+COPY --from=app /app/.venv /app/.venv
 COPY alembic.ini gunicorn.conf.py ./
 COPY migrations/ ./migrations/
 COPY service/ ./service/
+# Another app's project at the same relative path as in the repository, so that APP_PATH and
+# MIGRATIONS (relative to /app, the working directory) name it in both modes.
+COPY --from=app /srv/context/ ./
 
 USER 10001:10001
 EXPOSE 8000

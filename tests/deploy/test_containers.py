@@ -217,13 +217,21 @@ def stage_named(stages: list[list[Instruction]], name: str) -> list[Instruction]
     raise AssertionError(f"Dockerfile has no stage {name!r}")
 
 
-def base_images() -> list[str]:
-    """Each stage's base image with the global build ARGs' defaults filled in."""
-    preamble, stages = dockerfile()
-    args = dict(
-        word.partition("=")[::2] for i in preamble if i.keyword == "ARG" for word in i.value
+def arg_defaults(instructions: list[Instruction]) -> dict[str, str]:
+    """The defaults of the build ARGs these instructions declare."""
+    return dict(
+        word.partition("=")[::2] for i in instructions if i.keyword == "ARG" for word in i.value
     )
-    return [Template(stage[0].value[0]).substitute(args) for stage in stages]
+
+
+def base_images() -> list[str]:
+    """Each stage's base image with the global build ARGs' defaults filled in; a stage built
+    on an earlier stage (`FROM build AS app`) is not an image."""
+    preamble, stages = dockerfile()
+    args = arg_defaults(preamble)
+    names = {stage[0].value[2] for stage in stages if len(stage[0].value) == 3}
+    bases = [Template(stage[0].value[0]).substitute(args) for stage in stages]
+    return [base for base in bases if base not in names]
 
 
 def env_of(stage: list[Instruction]) -> dict[str, str]:
@@ -352,9 +360,12 @@ def test_dependencies_are_a_layer_of_their_own() -> None:
         assert flag in sync.text.split(), f"uv sync without {flag}"
     before = build[: build.index(sync)]
     assert copy_sources(before) == [["pyproject.toml", "uv.lock"]]
+    # The app stage adds another project's requirements to that venv, in a layer of its own.
+    app = stage_named(stages, "app")
+    assert app[0].value[0] == "build"
     # The code arrives only in the runtime stage, after the venv.
     runtime = stages[-1]
-    venv = next(i for i in runtime if i.keyword == "COPY" and "--from=build" in i.flags)
+    venv = next(i for i in runtime if i.keyword == "COPY" and "--from=app" in i.flags)
     code = [i for i in runtime if i.keyword == "COPY" and "service/" in i.value]
     assert code
     assert runtime.index(code[0]) > runtime.index(venv)
@@ -416,7 +427,13 @@ def test_build_context_holds_what_the_image_copies_and_no_secrets() -> None:
     _, stages = dockerfile()
     for stage in stages:
         for sources in copy_sources(stage):
-            for source in sources:
+            for written in sources:
+                source = written
+                # ${APP_PATH}: the notes (`.`, the context itself) or the example project.
+                if "${" in written:
+                    assert Template(written).substitute(arg_defaults(stage)) == "./"
+                    source = Template(written).substitute(APP_PATH="examples/inventory")
+                    assert (ROOT / source / "requirements.txt").is_file()
                 assert (ROOT / source).exists(), f"COPY {source}: no such file"
                 path = source.rstrip("/")
                 assert path in context, f"COPY {source} is .dockerignored"

@@ -1,13 +1,16 @@
-# syntax=docker/dockerfile:1
 # The service image: gunicorn with uvicorn workers, the same gunicorn.conf.py as native mode.
 # Also runs the one-shot migration (`python -m service.stack.migrate`) in docker-compose.yml.
 # The app is the notes service, or another project of the build context: `--build-arg
 # APP_PATH=examples/inventory`, then APP (and MIGRATIONS) at run time (docs/your-app.md).
+# Built by the Dockerfile frontend built into Docker 20.10 and later (RUN --mount included):
+# no `# syntax=` line, whose frontend image a machine without a registry cannot pull.
 
 # Build and runtime must share one base: the venv's python is a symlink into it.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Where uv comes from: its official image, or one made locally (`make image` offline).
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 
-FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+FROM ${UV_IMAGE} AS uv
 
 # --- build: resolve the locked dependencies into /app/.venv -----------------------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -21,7 +24,13 @@ ENV UV_COMPILE_BYTECODE=1 \
 WORKDIR /app
 # Only the lock: this layer is rebuilt when dependencies change, not when the code does.
 COPY pyproject.toml uv.lock ./
+# A machine whose egress goes through a proxy with its own CA passes its trust store as the
+# build secret `ca-certificates`; it never reaches a layer.
 RUN --mount=type=cache,target=/root/.cache/uv \
+    --mount=type=secret,id=ca-certificates \
+    if [ -f /run/secrets/ca-certificates ]; then \
+        export SSL_CERT_FILE=/run/secrets/ca-certificates; \
+    fi; \
     uv sync --frozen --no-dev --no-install-project
 
 # --- the app: another project's directory (APP_PATH) and its requirements, pinned around the
@@ -31,7 +40,11 @@ FROM build AS app
 ARG APP_PATH=.
 COPY ${APP_PATH}/ /srv/context/${APP_PATH}/
 RUN --mount=type=cache,target=/root/.cache/uv \
+    --mount=type=secret,id=ca-certificates \
     set -eu; \
+    if [ -f /run/secrets/ca-certificates ]; then \
+        export SSL_CERT_FILE=/run/secrets/ca-certificates; \
+    fi; \
     project="/srv/context/${APP_PATH}"; \
     if [ "${APP_PATH}" = "." ]; then \
         find /srv/context -mindepth 1 -delete; \
@@ -74,9 +87,10 @@ COPY --from=app /srv/context/ ./
 USER 10001:10001
 EXPOSE 8000
 
-# Liveness only (no database call); slim has no curl, Python's urllib does the same.
+# Liveness only (no database call), on the port gunicorn binds; slim has no curl, Python's
+# urllib does the same.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
-    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2)"]
+    CMD ["python", "-c", "import os, urllib.request; port = os.environ['GUNICORN_BIND'].rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2)"]
 
 # Exec form: gunicorn is PID 1 and gets SIGTERM itself, so a stop drains the workers.
 CMD ["gunicorn", "--config", "gunicorn.conf.py"]

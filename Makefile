@@ -28,12 +28,20 @@ deps: ## Install the Debian packages the stack and its tests need, when missing
 	deploy/native/install-deps postgres nginx prometheus
 
 .PHONY: test
-test: install deps ## Run the whole test suite against a real PostgreSQL
-	$(RUN_SYNCED) pytest
+test: install deps ## Run the whole test suite against a real PostgreSQL (the container tier aside)
+	$(RUN_SYNCED) pytest -m "not containers"
+
+.PHONY: test-containers
+test-containers: install deps ## The tests of the built image, with the real Docker engine (started as root when none runs)
+	$(RUN_SYNCED) pytest -m containers
+
+.PHONY: image
+image: install ## Build the service image with the real engine, offline from a local base where no registry answers [APP_PATH=dir]
+	$(RUN) python -m deploy.image $(if $(APP_PATH),--app-path $(APP_PATH))
 
 .PHONY: test-fast
 test-fast: install ## The tests that need no database and no server, in seconds
-	$(RUN_SYNCED) pytest -m "not database and not stack"
+	$(RUN_SYNCED) pytest -m "not database and not stack and not containers"
 
 .PHONY: lint
 lint: install ## Check formatting, lint (ruff) and types (mypy --strict)
@@ -48,8 +56,16 @@ format: install ## Format the code and apply safe lint fixes
 
 STACK := $(RUN) python -m deploy.native
 WORKERS ?=
-# Docker Compose when a Docker engine answers; else the same topology as local processes.
-ENGINE := $(shell docker info >/dev/null 2>&1 && echo compose || echo native)
+# ENGINE=native (the default): the topology as local processes. ENGINE=docker: the same in
+# containers, with Docker Compose: v2's `docker compose` if present, else Debian's
+# docker-compose 1.29. A running engine alone never switches modes: it may be one that cannot
+# pull the images (docs/operations.md).
+ENGINE ?= native
+ifeq ($(filter native docker,$(ENGINE)),)
+$(error ENGINE must be native or docker, not '$(ENGINE)')
+endif
+# Evaluated only by the recipes that use it, in docker mode.
+COMPOSE = $(or $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose'),$(shell command -v docker-compose),$(error ENGINE=docker needs Docker Compose: docker compose (v2) or docker-compose))
 # POOLER=pgbouncer: PgBouncer (transaction mode) between the workers and PostgreSQL.
 COMPOSE_FILES := -f docker-compose.yml $(if $(filter pgbouncer,$(POOLER)),-f deploy/compose/pgbouncer.yml)
 define refuse_in_compose
@@ -57,10 +73,11 @@ define refuse_in_compose
 endef
 
 .PHONY: up
-up: install ## Start the stack (Compose if a Docker engine answers, else native) and wait for /readyz [POOLER=pgbouncer]
-ifeq ($(ENGINE),compose)
+up: install ## Start the stack (native processes; ENGINE=docker: Docker Compose) and wait for /readyz [POOLER=pgbouncer] [APP=... APP_PATH=... MIGRATIONS=...]
+ifeq ($(ENGINE),docker)
 	@test -f .env || { echo 'make up: Docker Compose needs .env: cp .env.example .env, then replace every change-me' >&2; exit 2; }
-	docker compose $(COMPOSE_FILES) up --detach --wait
+	@echo "make up: ENGINE=docker with $(COMPOSE)"
+	$(COMPOSE) $(COMPOSE_FILES) up --detach --wait
 	@echo "stack: ready at http://127.0.0.1:$${HTTP_PORT:-8080}/api/v1/notes"
 else
 	$(STACK) up
@@ -68,31 +85,31 @@ endif
 
 .PHONY: down
 down: ## Stop everything `make up` started and free every port
-ifeq ($(ENGINE),compose)
-	docker compose $(COMPOSE_FILES) down --remove-orphans
+ifeq ($(ENGINE),docker)
+	$(COMPOSE) $(COMPOSE_FILES) down --remove-orphans
 else
 	$(STACK) down
 endif
 
 .PHONY: status
 status: ## Show each component, its pid and the live worker pids
-ifeq ($(ENGINE),compose)
-	docker compose ps
+ifeq ($(ENGINE),docker)
+	$(COMPOSE) ps
 else
 	$(STACK) status
 endif
 
 .PHONY: logs
 logs: ## Follow the logs (.run/logs/, or the containers')
-ifeq ($(ENGINE),compose)
-	docker compose logs --follow
+ifeq ($(ENGINE),docker)
+	$(COMPOSE) logs --follow
 else
 	$(STACK) logs
 endif
 
 .PHONY: reload
 reload: ## Reload code and config with zero failed requests (USR2, wait for new workers, TERM old)
-ifeq ($(ENGINE),compose)
+ifeq ($(ENGINE),docker)
 	$(call refuse_in_compose,reload,gunicorn is PID 1 there; rebuild and replace the container: docker compose up --detach --build app)
 else
 	$(STACK) reload
@@ -101,7 +118,7 @@ endif
 .PHONY: scale
 scale: ## Change the worker count live: make scale WORKERS=N (after the connection budget check)
 	@test -n "$(WORKERS)" || { echo "usage: make scale WORKERS=N" >&2; exit 2; }
-ifeq ($(ENGINE),compose)
+ifeq ($(ENGINE),docker)
 	$(call refuse_in_compose,scale,a container runs WEB_CONCURRENCY workers; set it in .env and run: docker compose up --detach app)
 else
 	$(STACK) scale $(WORKERS)

@@ -34,6 +34,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     `database` (a PostgreSQL server), `stack` (nginx, gunicorn and the rest, started).
     `make test-fast` runs what needs neither."""
     for item in items:
+        if "tests/containers/" in item.nodeid:
+            item.add_marker(pytest.mark.containers)
         fixtures = set(getattr(item, "fixturenames", ()))
         if any(name.endswith("stack") for name in fixtures):
             item.add_marker(pytest.mark.stack)

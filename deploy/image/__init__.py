@@ -1,0 +1,1 @@
+"""The service image, built with the real engine (`make image`)."""

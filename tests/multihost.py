@@ -197,8 +197,28 @@ def _kill_processes_in(netns: str) -> None:
             os.kill(int(pid), signal.SIGKILL)
 
 
+# Traffic between two ports of the test bridge, let through the host's FORWARD chain. Docker's
+# engine, once it has run, leaves the chain's policy at DROP and makes bridged frames pass it
+# (br_netfilter, bridge-nf-call-iptables=1): without this rule no host reaches another.
+FORWARD_RULE = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
+
+
+def _iptables(action: str, check: bool = True) -> bool:
+    """Insert (-I) or delete (-D) FORWARD_RULE, where iptables exists; whether it did."""
+    if shutil.which("iptables") is None:
+        return False
+    result = subprocess.run(
+        ["iptables", action, *FORWARD_RULE], capture_output=True, text=True, check=False
+    )
+    if check and result.returncode != 0:
+        msg = f"iptables {action} {' '.join(FORWARD_RULE)}: {result.stderr}"
+        raise AssertionError(msg)
+    return result.returncode == 0
+
+
 def remove_network() -> None:
-    """Remove every namespace of this module (after killing what runs in it) and the bridge."""
+    """Remove every namespace of this module (after killing what runs in it), the bridge and
+    its FORWARD rule."""
     for line in _ip("netns", "list").stdout.splitlines():
         name = line.split()[0] if line.split() else ""
         if name.startswith(PREFIX):
@@ -206,12 +226,15 @@ def remove_network() -> None:
             _ip("netns", "delete", name, check=False)
             shutil.rmtree(Path("/etc/netns") / name, ignore_errors=True)
     _ip("link", "delete", BRIDGE, check=False)
+    while _iptables("-D", check=False):
+        pass
 
 
 def _make_network(hosts: list[Host]) -> None:
     _ip("link", "add", BRIDGE, "type", "bridge")
     _ip("addr", "add", f"{SUBNET}.1/24", "dev", BRIDGE)
     _ip("link", "set", BRIDGE, "up")
+    _iptables("-I")
     for host in hosts:
         outside = f"nmh-{host.name}"
         _ip("netns", "add", host.netns)

@@ -593,3 +593,36 @@ def test_connection_budget_rejects_a_production_too_big(
     problems = budget_problems(_patched_production(tmp_path, patch))
     assert len(problems) == 1
     assert problems[0].startswith(rejected)
+
+
+def test_the_your_app_overlay_serves_another_app_under_its_own_name() -> None:
+    """overlays/your-app: the example project's image, APP/APP_PATH/MIGRATIONS/STACK_NAME for
+    the app and the migration Job, every object in its namespace under its prefix, and the
+    proxy pointed at the renamed app Service."""
+    objects = render(KUBERNETES / "overlays" / "your-app")
+    for obj in objects:
+        if not obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        assert obj["metadata"]["name"].startswith("inventory-"), obj["metadata"]["name"]
+        assert obj["metadata"].get("namespace", "inventory") == "inventory"
+    pods = pod_templates(objects)
+    knobs = {
+        "APP_PATH": "examples/inventory",
+        "MIGRATIONS": "examples/inventory/alembic.ini",
+        "STACK_NAME": "inventory",
+    }
+    app = container(pods["app"], "app")
+    migrate = container(pods["migrate"], "migrate")
+    assert {**knobs, "APP": "inventory.main:app"}.items() <= plain_env(app).items()
+    assert knobs.items() <= plain_env(migrate).items()
+    assert app["image"] == migrate["image"] == "registry.example.com/inventory-app:1.2.0"
+    assert migrate["command"] == ["python", "-m", "service.stack.migrate"]
+    service = find(objects, "Service", "inventory-notes-app")
+    port = service["spec"]["ports"][0]["port"]
+    upstream = plain_env(container(pods["proxy"], "nginx"))["APP_UPSTREAM"]
+    assert upstream == f"inventory-notes-app:{port}"
+
+
+def plain_env(spec: Object) -> dict[str, str]:
+    """A container's environment variables with literal values."""
+    return {item["name"]: item["value"] for item in spec.get("env", []) if "value" in item}

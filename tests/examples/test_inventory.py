@@ -315,3 +315,26 @@ async def test_stack_name_names_its_connections_and_its_prometheus_job(
         await asyncio.sleep(1)
     assert [series.value for series in up] == [1.0]
     assert up[0].labels["service"] == "inventory"
+
+
+async def test_nginx_adds_the_security_headers_and_keeps_a_routes_cache_control(
+    inventory_stack: Stack,
+) -> None:
+    """Every answer, nginx's own included, is nosniff and sends no referrer; the API's answers
+    forbid loading anything and being framed, and are not cached unless the route says so
+    (the example's `/public/ping` allows a minute)."""
+    async with httpx.AsyncClient(base_url=inventory_stack.url) as client:
+        api = await client.get(ITEMS)
+        cached = await client.get(PING)
+        refused = await client.get("/metrics")  # nginx's own 404
+        too_big = await client.post(ITEMS, content=b"x" * (1024 * 1024 + 1))  # nginx's 413
+    strict = "default-src 'none'; frame-ancestors 'none'"
+    for answer in (api, cached, refused, too_big):
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+        assert answer.headers["content-security-policy"] == strict
+    assert (refused.status_code, too_big.status_code) == (404, 413)
+    assert api.headers["cache-control"] == "no-store"
+    assert refused.headers["cache-control"] == "no-store"
+    assert cached.headers["cache-control"] == "public, max-age=60"
+    assert api.headers.get_list("cache-control") == ["no-store"]

@@ -5,7 +5,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
 from inventory.api.main import api_router
 from inventory.db import make_sessionmaker
@@ -29,7 +29,8 @@ public = FastAPI()
 
 
 @public.get("/ping")
-async def ping() -> dict[str, str]:
+async def ping(response: Response) -> dict[str, str]:
+    response.headers["Cache-Control"] = "public, max-age=60"
     return {"pong": "inventory"}
 
 

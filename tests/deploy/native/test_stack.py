@@ -299,3 +299,15 @@ def test_gunicorn_refuses_to_start_past_the_connection_budget(tmp_path: Path) ->
     assert "10 workers x 5 connections" in output
     assert "max_connections" in output
     assert "run at most 2 workers" in output
+
+
+async def test_the_interactive_docs_keep_a_policy_that_lets_them_load(stack: Stack) -> None:
+    """/docs loads Swagger UI's scripts: nginx sends it no Content-Security-Policy of its own
+    (the API's forbids loading anything), and the rest of the security headers as usual."""
+    async with httpx.AsyncClient(base_url=stack.url) as client:
+        docs = await client.get("/docs")
+        api = await client.get("/api/v1/notes")
+    assert docs.status_code == 200
+    assert "content-security-policy" not in docs.headers
+    assert docs.headers["x-content-type-options"] == "nosniff"
+    assert api.headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"

@@ -192,6 +192,7 @@ async def test_reload_under_load_fails_no_request(inventory_stack: Stack) -> Non
     finally:
         stop.set()
         await asyncio.gather(*clients)
+    print(f"\nreload under load: {dict(statuses)}")
     assert set(statuses) == {("POST", 201), ("GET", 200)}, statuses
     assert statuses["POST", 201] == statuses["GET", 200]
     assert statuses["POST", 201] > 50
@@ -237,7 +238,9 @@ async def test_its_locustfile_runs_and_every_request_is_counted(
             if name == "http_requests_total" and dict(labels)["route"].startswith(api)
         )
 
-    assert api_requests(after) - api_requests(before) == int(row["requests"])
+    counted = api_requests(after) - api_requests(before)
+    print(f"\nlocust sent {row['requests']} requests, the stack counted {counted:.0f}")
+    assert counted == int(row["requests"])
 
 
 def test_a_short_sweep_of_it_reports_and_recommends(inventory_stack: Stack, tmp_path: Path) -> None:
@@ -257,6 +260,8 @@ def test_a_short_sweep_of_it_reports_and_recommends(inventory_stack: Stack, tmp_
     report = (tmp_path / "report.md").read_text()
     assert "**Recommendation:" in report
     assert "## Capacity plan" in report
+    recommendation = next(line for line in report.splitlines() if "**Recommendation:" in line)
+    print(f"\nsweep: {recommendation}")
     assert len(inventory_stack.worker_pids()) == 2
 
 

@@ -25,7 +25,15 @@ def values(stack: Stack) -> dict[str, str]:
         "HTTP_PORT": str(stack.settings.http_port),
         "OPS_PORT": str(stack.settings.ops_port),
         "APP_UPSTREAM": stack.settings.app_upstream or f"unix:{layout.gunicorn_socket}",
+        "RATE_LIMIT_RPS": str(stack.settings.rate_limit_rps),
+        "RATE_LIMIT_BURST": str(stack.settings.rate_limit_burst),
+        "CONN_LIMIT": str(stack.settings.conn_limit),
     }
+
+
+def exempt_geo(cidrs: str) -> str:
+    """The `geo` entries of rate-limit-exempt.conf: `<cidr> 1;` for each network."""
+    return "".join(f"{network} 1;\n" for network in cidrs.split())
 
 
 def render(stack: Stack) -> bool:
@@ -38,6 +46,9 @@ def render(stack: Stack) -> bool:
         fail(f"nginx.conf has placeholders native mode does not fill: {sorted(missing)}")
     conf = stack.layout.nginx_conf
     conf.parent.mkdir(parents=True, exist_ok=True)
+    (conf.parent / "rate-limit-exempt.conf").write_text(
+        exempt_geo(stack.settings.rate_limit_exempt)
+    )
     rendered = PLACEHOLDER.sub(lambda match: filled[match.group(1)], template)
     previous = conf.read_text() if conf.exists() else None
     conf.write_text(rendered)

@@ -4,12 +4,25 @@ Declared like the app's (service.config), listed with them in docs/settings.md; 
 nothing in the image reads them.
 """
 
+import ipaddress
 from typing import Annotated
 
 from pydantic import AfterValidator
 
 from deploy.native.roles import known_role, roles_help
 from service.config import Pooler, RunDirSettings, setting
+
+
+def cidrs(value: str) -> str:
+    """A list of networks (`10.0.0.0/8 ::1`), each checked; normalized to single spaces."""
+    networks = value.replace(",", " ").split()
+    for network in networks:
+        try:
+            ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            msg = f"not a network (CIDR): {network!r}"
+            raise ValueError(msg) from exc
+    return " ".join(networks)
 
 
 class StackSettings(RunDirSettings):
@@ -69,6 +82,24 @@ class StackSettings(RunDirSettings):
         "nginx's upstream: unset, the local gunicorn's socket; `HOST:PORT` for app hosts "
         "elsewhere, a name that resolves to every app host (as Compose's `app` does)",
         per_deployment=False,
+    )
+    rate_limit_rps: int = setting(
+        100,
+        "requests a second nginx takes from one client address before answering 429 (with "
+        "bursts of RATE_LIMIT_BURST); Compose reads it too",
+        ge=1,
+        le=1_000_000,
+    )
+    rate_limit_burst: int = setting(
+        200, "requests above the rate one client address may send at once", ge=0, le=1_000_000
+    )
+    conn_limit: int = setting(
+        100, "connections one client address may hold open at once", ge=1, le=1_000_000
+    )
+    rate_limit_exempt: Annotated[str, AfterValidator(cidrs)] = setting(
+        "127.0.0.0/8 ::1",
+        "client addresses (CIDRs, space- or comma-separated) nginx does not limit: loopback, "
+        "so that the load tests measure the stack; empty: every client is limited",
     )
     metrics_targets: str | None = setting(
         None,

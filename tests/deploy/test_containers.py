@@ -6,6 +6,7 @@ two modes cannot drift apart."""
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from sqlalchemy.engine import make_url
 from deploy import settings_docs
 from deploy.native import nginx
 from deploy.native.layout import RunLayout
-from deploy.native.settings import StackSettings
+from deploy.native.settings import StackSettings, cidrs
 from deploy.native.state import Stack
 from service.config import ROOT, BudgetSettings, GunicornSettings, Settings, load, load_settings
 
@@ -567,8 +568,22 @@ def test_both_modes_fill_exactly_nginx_confs_placeholders() -> None:
     template = set(PLACEHOLDER.findall(NGINX_CONF.read_text()))
     nginx = services()["nginx"]
     assert envsubst_names(nginx_render_script()) == template
-    assert set(nginx["environment"]) == template
+    # RATE_LIMIT_EXEMPT is no placeholder: the script turns it into the included geo entries.
+    assert set(nginx["environment"]) == template | {"RATE_LIMIT_EXEMPT"}
     assert native_nginx_values() == template
+
+
+def test_both_modes_write_the_same_rate_limit_exemptions(tmp_path: Path) -> None:
+    """Compose's start script, run by a real shell, writes the geo entries native mode writes,
+    for the same RATE_LIMIT_EXEMPT."""
+    script = nginx_render_script()
+    loop = script[script.index("for network in") : script.index("rate-limit-exempt.conf") + 23]
+    exempt = "10.0.0.0/8, 192.168.1.0/24 ::1"
+    env = {"PATH": os.environ["PATH"], "RATE_LIMIT_EXEMPT": exempt, "NGINX_RUN_DIR": str(tmp_path)}
+    subprocess.run(["/bin/sh", "-euc", loop], env=env, check=True)
+    written = (tmp_path / "rate-limit-exempt.conf").read_text()
+    assert written == nginx.exempt_geo(cidrs(exempt))
+    assert written == "10.0.0.0/8 1;\n192.168.1.0/24 1;\n::1 1;\n"
 
 
 def test_compose_renders_nginx_conf_completely_and_keeps_nginx_variables() -> None:

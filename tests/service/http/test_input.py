@@ -5,11 +5,11 @@ import base64
 import json
 import string
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 import httpx
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from service.database.models import BIGINT_MAX, BIGINT_MIN
@@ -171,10 +171,18 @@ def test_if_match_accepts_every_etag_we_make(note_id: int, versions: list[int]) 
 
 @PROPERTY
 @given(note_id=huge_integers.map(str) | any_text.filter(bool))
+@example(note_id="/")  # found by a CI run: a trailing slash, redirected
+@example(note_id="é/")
 async def test_any_note_id(client: httpx.AsyncClient, note_id: str) -> None:
     # Percent-encoded as a client must; "surrogatepass" spells a lone surrogate's bytes.
     quoted = quote(note_id.encode("utf-8", "surrogatepass"), safe="")
     response = await client.get(f"{NOTES}/{quoted}")
+    if note_id.endswith("/") and response.status_code == 307:
+        # The server decodes %2F: a path ending in "/" gets FastAPI's trailing-slash redirect,
+        # to the same path without it, which is then answered like any other.
+        location = unquote(urlsplit(response.headers["location"]).path, errors="surrogatepass")
+        assert location == f"{NOTES}/{note_id}".rstrip("/")
+        return
     if response.status_code != 200:
         assert_client_error(response, 404, 422)
 

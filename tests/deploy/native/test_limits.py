@@ -14,7 +14,7 @@ from tests.stack import Stack, running_stack
 LIMITS = {
     "RATE_LIMIT_RPS": "5",
     "RATE_LIMIT_BURST": "5",
-    "CONN_LIMIT": "50",
+    "CONN_LIMIT": "8",
     # Nobody exempt: the tests' own loopback clients are limited like any other.
     "RATE_LIMIT_EXEMPT": "",
 }
@@ -67,3 +67,36 @@ async def test_another_client_at_a_normal_rate_is_not_limited(limited_stack: Sta
         noisy_statuses, calm_statuses = await asyncio.gather(burst(), steady())
     assert noisy_statuses[429] > 0
     assert calm_statuses == [200] * 6
+
+
+async def test_requests_past_the_connection_limit_get_429(limited_stack: Stack) -> None:
+    """CONN_LIMIT (8) requests in progress from one address: 10 POSTs whose bodies never come
+    hold their requests open in nginx (well within its 10 s body timeout); the 2 past the
+    limit are answered 429 at once, the 8 others are still waiting for their bodies."""
+    host, port = "127.0.0.1", limited_stack.http_port
+    request = (
+        b"POST /api/v1/notes HTTP/1.1\r\nHost: notes.test\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    held = []
+    try:
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(request)
+            await writer.drain()
+            held.append((reader, writer))
+            # Paced under the rate limit (5 a second): only the connection limit may refuse.
+            await asyncio.sleep(0.21)
+
+        async def first_line(reader: asyncio.StreamReader) -> bytes:
+            try:
+                line = await asyncio.wait_for(reader.readline(), timeout=1)
+            except TimeoutError:
+                return b"waiting"
+            return line.split(b" ")[1] if line else b"closed"
+
+        lines = await asyncio.gather(*(first_line(reader) for reader, _ in held))
+    finally:
+        for _, writer in held:
+            writer.close()
+    assert Counter(lines) == {b"waiting": 8, b"429": 2}, lines

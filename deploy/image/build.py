@@ -29,6 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from deploy.native.app_deps import uv_binary
 from deploy.native.processes import fail, log, run_helper, wait_for
 from service.config import ROOT
 
@@ -112,10 +113,7 @@ def local_base() -> str:
 
 def local_uv() -> str:
     """An image holding only `/uv`, the binary this project runs, tagged by its version."""
-    binary = ROOT / ".tools" / "bin" / "uv"
-    uv = str(binary) if binary.is_file() else shutil.which("uv")
-    if uv is None:
-        fail("uv not found: make install puts it in .tools/bin")
+    uv = uv_binary()
     version = subprocess.run([uv, "--version"], capture_output=True, text=True, check=True)
     tag = f"notes-stack-uv:{version.stdout.split()[1]}"
     if image_exists(tag):

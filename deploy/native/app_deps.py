@@ -30,13 +30,12 @@ def requirements(app_path: Path) -> Path | None:
     return None
 
 
-def _uv() -> str:
+def uv_binary() -> str:
+    """The uv this project runs: the one `make install` put in .tools/bin, else uv on PATH."""
     bundled = ROOT / ".tools" / "bin" / "uv"
     found = str(bundled) if bundled.is_file() else shutil.which("uv")
     if found is None:
-        fail(
-            "uv not found (make install puts it in .tools/bin): it installs the app's requirements"
-        )
+        fail("uv not found: make install puts it in .tools/bin")
     return found
 
 
@@ -45,7 +44,7 @@ def install(app_path: Path) -> None:
     wanted = requirements(app_path)
     if wanted is None:
         return
-    uv = _uv()
+    uv = uv_binary()
     frozen = subprocess.run(
         [uv, "pip", "freeze", "--python", sys.executable],
         capture_output=True,

@@ -32,11 +32,7 @@ from service.config import Settings
 from service.deadlines import Deadlines
 from service.exceptions import DomainError
 from service.observability.metrics import POOL_TIMEOUTS, POOL_WAIT, POOL_WAITING
-
-# SQLSTATE classes that mean "the database cannot serve this now", not "our bug": connection
-# exceptions, insufficient resources, operator intervention (the statement timeout, 57014, and
-# a server shutting down among them).
-_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+from service.stack.engines import UNAVAILABLE_SQLSTATE_CLASSES
 
 
 class DatabaseUnavailableError(Exception):
@@ -51,7 +47,7 @@ def _unavailable(exc: Exception, driver: asyncpg.Connection) -> bool:
     """Whether `exc`, raised while `driver` ran a statement, means the database cannot serve
     now; anything else (a constraint, a parameter the driver cannot encode) is a bug."""
     if isinstance(exc, asyncpg.PostgresError):
-        return str(exc.sqlstate or "").startswith(_UNAVAILABLE_SQLSTATE_CLASSES)
+        return str(exc.sqlstate or "").startswith(UNAVAILABLE_SQLSTATE_CLASSES)
     return isinstance(exc, OSError | TimeoutError) or driver.is_closed()
 
 

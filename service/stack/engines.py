@@ -116,6 +116,12 @@ def _sample_pool(label: str, pool: Any) -> None:
     POOL_MAX.labels(label).set(pool_capacity(pool) or 0)
 
 
+# SQLSTATE classes that mean "the database cannot serve this now", not "our bug": connection
+# exceptions, insufficient resources, operator intervention (the statement timeout, 57014, and
+# a server shutting down among them). Readiness and the notes' database layer both decide by
+# them.
+UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+
 REGISTRY = EngineRegistry()
 _installed = False
 

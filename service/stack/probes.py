@@ -20,13 +20,11 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from service.observability.metrics import render_metrics
-from service.stack.engines import ping, schema_revision
+from service.stack.engines import UNAVAILABLE_SQLSTATE_CLASSES, ping, schema_revision
 from service.stack.heads import alembic_heads
 
 logger = structlog.get_logger(__name__)
 
-# SQLSTATE classes that mean "the database cannot serve now" (as service.database.connections).
-_UNAVAILABLE_SQLSTATE_CLASSES = ("08", "53", "57")
 _UNDEFINED_TABLE = "42P01"
 
 ReadyCheck = Callable[[], Awaitable[object]]
@@ -62,9 +60,7 @@ def _sqlstate(exc: DBAPIError) -> str:
 
 def _unreachable(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
-        return exc.connection_invalidated or _sqlstate(exc).startswith(
-            _UNAVAILABLE_SQLSTATE_CLASSES
-        )
+        return exc.connection_invalidated or _sqlstate(exc).startswith(UNAVAILABLE_SQLSTATE_CLASSES)
     return isinstance(exc, OSError | TimeoutError)
 
 

@@ -96,6 +96,12 @@ class WorkerSettings(FromEnvironment):
         gt=0,
         le=60,
     )
+    db_pooler: Pooler = setting(
+        "none",
+        "what DATABASE_URL reaches: behind `pgbouncer` (transaction mode, before 1.21) every "
+        "asyncpg engine of the app keeps no prepared statements, which another client's server "
+        "connection would lack; `none` prepares each statement once per connection",
+    )
     environment: Environment = setting(
         "development",
         "`production` hides /docs and refuses the built-in development DATABASE_URL",
@@ -149,12 +155,6 @@ class Settings(WorkerSettings):
         "steady load they churn: raise the pool size instead",
         ge=0,
         le=1000,
-    )
-    db_pooler: Pooler = setting(
-        "none",
-        "what DATABASE_URL reaches: behind `pgbouncer` (transaction mode, before 1.21) asyncpg "
-        "keeps no prepared statements, which another client's server connection would lack; "
-        "`none` prepares each statement once per connection",
     )
     db_pool_timeout: float = setting(
         10.0, "seconds a request waits for a connection before 503", gt=0, le=300

@@ -102,6 +102,10 @@ class Topology:
     db: Host
     apps: tuple[Host, ...]
     proxy: Host
+    # What every host is told about the app (APP, APP_PATH, MIGRATIONS, STACK_NAME, its own
+    # settings), and the database it is served from.
+    app_env: dict[str, str]
+    database: str
 
     @property
     def url(self) -> str:
@@ -116,7 +120,7 @@ class Topology:
     @property
     def direct_url(self) -> str:
         """The database straight to PostgreSQL, as the db host reaches it."""
-        return f"postgresql+asyncpg://postgres:{PASSWORD}@127.0.0.1:5432/notes"
+        return f"postgresql+asyncpg://postgres:{PASSWORD}@127.0.0.1:5432/{self.database}"
 
     @property
     def pooled_url(self) -> str:
@@ -126,7 +130,12 @@ class Topology:
 
     def env(self, host: Host) -> dict[str, str]:
         """What the operator sets on `host`."""
-        common = {**os.environ, "RUN_DIR": str(host.run_dir), "POOLER": "pgbouncer"}
+        common = {
+            **os.environ,
+            **self.app_env,
+            "RUN_DIR": str(host.run_dir),
+            "POOLER": "pgbouncer",
+        }
         if host == self.db:
             return {
                 **common,
@@ -263,8 +272,9 @@ def network_available() -> str | None:
 
 
 @contextlib.contextmanager
-def topology() -> Iterator[Topology]:
-    """The four hosts, each running its part; everything stopped and removed after."""
+def topology(app_env: dict[str, str], database: str) -> Iterator[Topology]:
+    """The four hosts, each running its part of a stack serving the app `app_env` names from
+    `database`; everything stopped and removed after."""
     remove_network()  # what a killed test run left behind
     root = Path(tempfile.mkdtemp(prefix="notes-multihost-"))
     root.chmod(0o755)  # PostgreSQL and PgBouncer run as unprivileged users
@@ -273,6 +283,8 @@ def topology() -> Iterator[Topology]:
         db=Host("db", f"{SUBNET}.10", root / "db"),
         apps=apps,
         proxy=Host("proxy", f"{SUBNET}.40", root / "proxy"),
+        app_env=app_env,
+        database=database,
     )
     hosts = [net.db, *apps, net.proxy]
     try:
@@ -291,7 +303,8 @@ def topology() -> Iterator[Topology]:
         bindir = subprocess.run(
             [PG_CLUSTER, "bindir"], capture_output=True, text=True, check=True
         ).stdout.strip()
-        net.db.run(f"{bindir}/createdb", "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", "notes")
+        createdb = f"{bindir}/createdb"
+        net.db.run(createdb, "-h", "127.0.0.1", "-p", "5432", "-U", "postgres", database)
         for host in hosts:
             net.up(host)
         yield net

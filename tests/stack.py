@@ -11,7 +11,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,8 +266,47 @@ class LoadResult:
         )
 
 
-class Load:
-    """A mixed read/write load of the notes API, as a pool of concurrent clients.
+class ConcurrentLoad:
+    """A pool of concurrent clients, each sending one request after another (`one`) until a
+    total is reached or `stop()`; what each saw goes into `result`."""
+
+    def __init__(self, base_url: str, concurrency: int) -> None:
+        self.base_url = base_url
+        self.concurrency = concurrency
+        self.result = LoadResult()
+        self._stop = asyncio.Event()
+
+    async def prepare(self) -> None:
+        """What the requests need before they start (nothing by default)."""
+
+    async def one(self, client: httpx.AsyncClient, rng: random.Random) -> None:
+        """Send one request and record its outcome."""
+        raise NotImplementedError
+
+    async def run(self, total: int | None = None) -> LoadResult:
+        """Send `total` requests (or until `stop()`), `concurrency` at a time."""
+        await self.prepare()
+        limits = httpx.Limits(max_connections=self.concurrency)
+        async with httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=30) as client:
+            sent = 0
+
+            async def client_loop(seed: int) -> None:
+                nonlocal sent
+                rng = random.Random(seed)
+                while not self._stop.is_set() and (total is None or sent < total):
+                    sent += 1
+                    await self.one(client, rng)
+
+            await asyncio.gather(*(client_loop(seed) for seed in range(self.concurrency)))
+        return self.result
+
+    def stop(self) -> None:
+        """Ask the clients to finish their current request and stop."""
+        self._stop.set()
+
+
+class Load(ConcurrentLoad):
+    """A mixed read/write load of the notes API.
 
     Every write carries an Idempotency-Key and is retried with it, up to WRITE_ATTEMPTS times,
     when the answer says the write may not have happened (502, 503, 504, or no answer): so
@@ -275,11 +314,8 @@ class Load:
     """
 
     def __init__(self, base_url: str, concurrency: int) -> None:
-        self.base_url = base_url
-        self.concurrency = concurrency
-        self.result = LoadResult()
+        super().__init__(base_url, concurrency)
         self.note_ids: list[int] = []
-        self._stop = asyncio.Event()
 
     async def _write(
         self,
@@ -314,7 +350,7 @@ class Load:
                 break
         return outcome, response
 
-    async def _one(self, client: httpx.AsyncClient, rng: random.Random) -> None:
+    async def one(self, client: httpx.AsyncClient, rng: random.Random) -> None:
         request_id = uuid.uuid4().hex
         self.result.request_ids.add(request_id)
         headers = {"X-Request-ID": request_id}
@@ -345,26 +381,6 @@ class Load:
             outcome = type(exc).__name__
         self.result.outcomes.append((method, outcome))
 
-    async def run(self, total: int | None = None) -> LoadResult:
-        """Send `total` requests (or until `stop()`), `concurrency` at a time."""
-        limits = httpx.Limits(max_connections=self.concurrency)
-        async with httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=30) as client:
-            sent = 0
-
-            async def client_loop(seed: int) -> None:
-                nonlocal sent
-                rng = random.Random(seed)
-                while not self._stop.is_set() and (total is None or sent < total):
-                    sent += 1
-                    await self._one(client, rng)
-
-            await asyncio.gather(*(client_loop(seed) for seed in range(self.concurrency)))
-        return self.result
-
-    def stop(self) -> None:
-        """Ask the clients to finish their current request and stop."""
-        self._stop.set()
-
 
 async def notes_by_text(database: URL, texts: Iterable[str]) -> Counter[str]:
     """How many notes the database holds with each of these texts (`database` may be
@@ -379,7 +395,7 @@ async def notes_by_text(database: URL, texts: Iterable[str]) -> Counter[str]:
     return Counter({row["text"]: row["n"] for row in rows})
 
 
-async def _answered(load: Load, count: int, what: str) -> None:
+async def _answered(load: ConcurrentLoad, count: int, what: str) -> None:
     """Wait until the load has `count` outcomes (an error is one too), 60 s at most."""
     deadline = asyncio.get_running_loop().time() + 60
     while len(load.result.outcomes) < count:
@@ -388,12 +404,16 @@ async def _answered(load: Load, count: int, what: str) -> None:
 
 
 @asynccontextmanager
-async def background_load(base_url: str, concurrency: int = 20) -> AsyncIterator[Load]:
+async def background_load(
+    base_url: str,
+    concurrency: int = 20,
+    make: Callable[[str, int], ConcurrentLoad] = Load,
+) -> AsyncIterator[ConcurrentLoad]:
     """Keep a load running for the duration of the block: the block starts once the load has
     had as many answers as it has clients, and the load stops once twice as many more came
     after it (those in flight when it ended, then as many sent after): requests were in flight
     throughout, and the stack served after the block."""
-    load = Load(base_url, concurrency)
+    load = make(base_url, concurrency)
     task = asyncio.create_task(load.run())
     try:
         await _answered(load, concurrency, "the load never got going")

@@ -14,7 +14,6 @@ everything else in it together, measured with py-spy under wrk (docs/performance
 import asyncio
 import os
 import time
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from service.config import Settings
 from service.deadlines import Deadlines
 from service.exceptions import DomainError
 from service.observability.metrics import POOL_TIMEOUTS, POOL_WAIT, POOL_WAITING
-from service.stack.engines import UNAVAILABLE_SQLSTATE_CLASSES
+from service.stack.engines import PGBOUNCER_SAFE_ASYNCPG, UNAVAILABLE_SQLSTATE_CLASSES
 
 
 class DatabaseUnavailableError(Exception):
@@ -192,17 +191,9 @@ def create_database(settings: Settings) -> Database:
         },
     }
     if settings.db_pooler != "none":
-        # PgBouncer before 1.21 does not track prepared statements: one prepared by name on a
-        # server connection is missing from the next the client is given, or its name is taken
-        # there by another client's. With its cache off, asyncpg prepares each statement
-        # unnamed and runs it in the same exchange (Parse, Describe, Flush, then Bind,
-        # Execute, Sync: PgBouncer keeps the server until that Sync's answer), and SQLAlchemy's
-        # setup queries name theirs uniquely: the asyncpg dialect's documented recipe.
-        connect_args |= {
-            "statement_cache_size": 0,
-            "prepared_statement_cache_size": 0,
-            "prepared_statement_name_func": _unique_statement_name,
-        }
+        # The same arguments the stack gives every app's asyncpg engine behind PgBouncer; set
+        # here too, for an engine made outside a worker (migrations, benchmarks, tests).
+        connect_args |= PGBOUNCER_SAFE_ASYNCPG
     engine = create_engine(
         settings.sqlalchemy_url,
         poolclass=AsyncAdaptedQueuePool,
@@ -241,10 +232,6 @@ def _register_codecs(dbapi_connection: Any, _record: object) -> None:
 
 def _json_text(value: object) -> str:
     return orjson.dumps(value).decode()
-
-
-def _unique_statement_name() -> str:
-    return f"__asyncpg_{uuid.uuid4()}__"
 
 
 async def get_database(request: Request) -> Database:

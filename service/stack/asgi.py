@@ -163,7 +163,7 @@ def wrap(app: ASGIApp, settings: WorkerSettings | None = None) -> StackApp:
     """
     settings = settings or load(WorkerSettings)
     configure_logging(settings.log_level, settings.log_format)
-    watch_engines(settings.stack_name)
+    watch_engines(settings.stack_name, settings.db_pooler)
     return StackApp(app, settings)
 
 
@@ -183,7 +183,7 @@ def create_stack() -> StackApp:
     """The app `APP` names, wrapped: what gunicorn's workers and `make dev` serve."""
     settings = load(WorkerSettings)
     configure_logging(settings.log_level, settings.log_format)
-    watch_engines(settings.stack_name)
+    watch_engines(settings.stack_name, settings.db_pooler)
     mark = REGISTRY.mark()
     app = load_app(settings.app, settings.app_path)
     if not callable(app):

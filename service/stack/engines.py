@@ -16,6 +16,7 @@ Engines are held weakly: one the app drops stops being sampled, its gauges set t
 import asyncio
 import os
 import threading
+import uuid
 import weakref
 from collections import Counter
 from collections.abc import Callable
@@ -126,24 +127,45 @@ REGISTRY = EngineRegistry()
 _installed = False
 
 
-def _name_connections(engine: Engine, stack_name: str) -> None:
+def _unique_statement_name() -> str:
+    return f"__asyncpg_{uuid.uuid4()}__"
+
+
+# Behind PgBouncer in transaction mode (before 1.21), a statement asyncpg prepared by name on
+# one server connection is missing from the next the client is given, or its name is taken
+# there by another client's. With its cache off, asyncpg prepares each statement unnamed and
+# runs it in the same exchange (Parse, Describe, Flush, then Bind, Execute, Sync: PgBouncer
+# keeps the server until that Sync's answer), and SQLAlchemy's setup queries name theirs
+# uniquely: the asyncpg dialect's documented recipe.
+PGBOUNCER_SAFE_ASYNCPG = {
+    "statement_cache_size": 0,
+    "prepared_statement_cache_size": 0,
+    "prepared_statement_name_func": _unique_statement_name,
+}
+
+
+def _adapt_connections(engine: Engine, stack_name: str, pooler: str) -> None:
     """Name every connection `engine` opens `<stack_name>:<pid>` in pg_stat_activity, unless
-    the app names them itself: which worker of which deployment holds each one."""
+    the app names them itself: which worker of which deployment holds each one. Behind
+    PgBouncer (`pooler`), make an asyncpg engine's connections keep no prepared statements,
+    whatever the app asked: the app cannot know what DATABASE_URL reaches."""
 
     @event.listens_for(engine, "do_connect")
-    def name(dialect: Any, record: Any, args: Any, params: dict[str, Any]) -> None:
+    def adapt(dialect: Any, record: Any, args: Any, params: dict[str, Any]) -> None:
         application_name = f"{stack_name}:{os.getpid()}"
         if dialect.driver == "asyncpg":
             params.setdefault("server_settings", {}).setdefault(
                 "application_name", application_name
             )
+            if pooler == "pgbouncer":
+                params.update(PGBOUNCER_SAFE_ASYNCPG)
         elif dialect.name == "postgresql":
             params.setdefault("application_name", application_name)
 
 
-def watch_engines(stack_name: str = "notes") -> None:
-    """From now on, track every engine made in this process, and name its connections after
-    `stack_name` (idempotent)."""
+def watch_engines(stack_name: str = "notes", pooler: str = "none") -> None:
+    """From now on, track every engine made in this process, and adapt its connections to
+    this deployment (`_adapt_connections`); idempotent."""
     global _installed  # noqa: PLW0603 (one hook per process, installed once)
     if _installed:
         return
@@ -151,7 +173,7 @@ def watch_engines(stack_name: str = "notes") -> None:
 
     def engine_created(cls: type[DefaultDialect], engine: Engine) -> None:
         REGISTRY.add(engine)
-        _name_connections(engine, stack_name)
+        _adapt_connections(engine, stack_name, pooler)
         previous.__func__(cls, engine)  # type: ignore[attr-defined]
 
     DefaultDialect.engine_created = classmethod(engine_created)  # type: ignore[assignment,method-assign]

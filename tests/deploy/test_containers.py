@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 import check_jsonschema
 import dockerfile as buildkit_parser
+import pytest
 from docker.utils.build import PatternMatcher, exclude_paths
 from dotenv import dotenv_values
 from ruamel.yaml import YAML
@@ -31,6 +32,7 @@ from deploy.native.layout import RunLayout
 from deploy.native.settings import StackSettings, cidrs
 from deploy.native.state import Stack
 from service.config import ROOT, BudgetSettings, GunicornSettings, Settings, load, load_settings
+from tests.deploy.prometheus.test_prometheus_config import load_yaml, promtool
 
 BIN = Path(sys.executable).parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -649,7 +651,40 @@ def test_monitoring_mounts_its_config_read_only() -> None:
         assert all(binds[source].read_only for source in sources), name
     [config] = [m for m in mounts(found["prometheus"]) if bind_source(m) == PROMETHEUS_DIR]
     assert config.target == "/etc/prometheus"
-    assert f"--config.file={config.target}/prometheus.yml" in found["prometheus"]["command"]
+    assert found["prometheus"]["entrypoint"] == ["/bin/sh", f"{config.target}/compose-start"]
+    assert found["prometheus"]["command"][0] == "/bin/prometheus"
+
+
+@pytest.mark.parametrize("stack_name", ["notes", "inventory"])
+def test_composes_prometheus_names_the_app_job_after_stack_name(
+    tmp_path: Path, stack_name: str
+) -> None:
+    """compose-start, run as Compose runs it: the repository's config with the app job renamed,
+    which promtool accepts, and the command it was given run with that config."""
+    work = tmp_path / "prometheus"
+    env = {
+        "PATH": os.environ["PATH"],
+        "STACK_NAME": stack_name,
+        "PROMETHEUS_CONFIG_DIR": str(PROMETHEUS_DIR),
+        "PROMETHEUS_WORK_DIR": str(work),
+    }
+    script = str(PROMETHEUS_DIR / "compose-start")
+    result = subprocess.run(
+        ["/bin/sh", script, "echo", "ran"], env=env, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.split() == ["ran", f"--config.file={work}/prometheus.yml"]
+    config = load_yaml(work / "prometheus.yml")
+    jobs = [scrape["job_name"] for scrape in config["scrape_configs"]]
+    assert jobs == [stack_name, "nginx", "prometheus"]
+    checked = promtool("check", "config", str(work / "prometheus.yml"))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    refused = subprocess.run(
+        ["/bin/sh", script, "echo"], env={**env, "STACK_NAME": "Bad_Name"},
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert "STACK_NAME='Bad_Name'" in refused.stderr
 
 
 def test_prometheus_targets_are_compose_services_it_can_reach() -> None:

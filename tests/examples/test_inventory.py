@@ -10,6 +10,8 @@ with two workers.
 import asyncio
 import csv
 import json
+import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -23,25 +25,20 @@ import pytest
 from sqlalchemy.engine import URL
 
 from service.runtime.capacity import MIGRATION_CONNECTIONS, SPARE_CONNECTIONS
+from tests.examples.inventory import (
+    API_KEY,
+    EXAMPLE,
+    INVENTORY_ENV,
+    ITEM,
+    ITEMS,
+    PING,
+    STATS,
+    ItemsLoad,
+    reads_only,
+)
 from tests.metrics import Samples, instant_query, parse, value
 from tests.postgres import ROOT, fresh_database
-from tests.stack import Stack, running_stack
-
-EXAMPLE = ROOT / "examples" / "inventory"
-API_KEY = "test-key-" + uuid.uuid4().hex[:8]
-INVENTORY_ENV = {
-    "APP": "inventory.main:app",
-    "APP_PATH": str(EXAMPLE),
-    "MIGRATIONS": str(EXAMPLE / "alembic.ini"),
-    "INVENTORY_API_KEY": API_KEY,
-    "STACK_NAME": "inventory",
-    # Declared for the notes service; this app's engine ignores it (3 + 2 per worker).
-    "DB_POOL_SIZE": "1",
-}
-ITEMS = "/api/v1/items/"
-ITEM = "/api/v1/items/{item_id}"
-STATS = "/api/v1/admin/stats"
-PING = "/public/ping"
+from tests.stack import Stack, background_load, running_stack
 
 
 @pytest.fixture(scope="module")
@@ -170,33 +167,35 @@ async def test_its_own_log_lines_are_json_with_the_request_id(inventory_stack: S
 
 async def test_reload_under_load_fails_no_request(inventory_stack: Stack) -> None:
     """`make reload` while clients write and read: every answer is the one expected."""
-    statuses: Counter[tuple[str, int]] = Counter()
-    stop = asyncio.Event()
     old_workers = set(inventory_stack.worker_pids())
-
-    async def client_loop() -> None:
-        body = {"name": "reload", "owner_email": "owner@example.com"}
-        async with httpx.AsyncClient(base_url=inventory_stack.url, timeout=30) as client:
-            while not stop.is_set():
-                created = await client.post(ITEMS, json=body)
-                statuses["POST", created.status_code] += 1
-                if created.status_code == 201:
-                    read = await client.get(f"{ITEMS}{created.json()['id']}")
-                    statuses["GET", read.status_code] += 1
-
-    clients = [asyncio.create_task(client_loop()) for _ in range(8)]
-    try:
-        await asyncio.sleep(1)
+    async with background_load(inventory_stack.url, 8, make=ItemsLoad) as load:
         await inventory_stack.arun("reload")
-        await asyncio.sleep(1)
-    finally:
-        stop.set()
-        await asyncio.gather(*clients)
-    print(f"\nreload under load: {dict(statuses)}")
-    assert set(statuses) == {("POST", 201), ("GET", 200)}, statuses
-    assert statuses["POST", 201] == statuses["GET", 200]
-    assert statuses["POST", 201] > 50
+    counts = load.result.counts()
+    print(f"\nreload under load: {dict(counts)}")
+    assert set(counts) == {("POST", 201), ("GET", 200)}, counts
+    assert counts["POST", 201] > 20
     assert not old_workers & set(inventory_stack.worker_pids())
+
+
+async def test_a_killed_worker_fails_no_read_and_is_replaced(inventory_stack: Stack) -> None:
+    """SIGKILL a worker under a read load: nginx retries the reads it took, and gunicorn
+    starts another in its place."""
+    before = inventory_stack.worker_pids()
+    async with background_load(inventory_stack.url, 20, make=reads_only) as load:
+        os.kill(before[0], signal.SIGKILL)
+        for _ in range(100):  # the load goes on while gunicorn replaces it
+            now = inventory_stack.worker_pids()
+            if len(now) == len(before) and before[0] not in now:
+                break
+            await asyncio.sleep(0.1)
+    counts = load.result.counts()
+    print(f"\nworker killed under load: {dict(counts)}")
+    assert set(counts) == {("GET", 200)}, counts
+    after = inventory_stack.worker_pids()
+    assert len(after) == len(before)
+    assert before[0] not in after
+    async with httpx.AsyncClient() as client:
+        assert (await client.get(f"{inventory_stack.url}/readyz")).status_code == 200
 
 
 def run_module(stack: Stack, *argv: str) -> subprocess.CompletedProcess[str]:

@@ -76,6 +76,7 @@ endef
 up: install ## Start the stack (native processes; ENGINE=docker: Docker Compose) and wait for /readyz [POOLER=pgbouncer] [APP=... APP_PATH=... MIGRATIONS=...]
 ifeq ($(ENGINE),docker)
 	@test -f .env || { echo 'make up: Docker Compose needs .env: cp .env.example .env, then replace every change-me' >&2; exit 2; }
+	@$(RUN) python -m deploy.compose.settings .env
 	@echo "make up: ENGINE=docker with $(COMPOSE)"
 	$(COMPOSE) $(COMPOSE_FILES) up --detach --wait
 	@echo "stack: ready at http://127.0.0.1:$${HTTP_PORT:-8080}/api/v1/notes"
@@ -171,12 +172,12 @@ bench: install ## Side-by-side benchmarks, every ratio printed: the service agai
 	$(foreach name,$(BENCH),$(RUN) python -m loadtest.bench.$(name) $(BENCH_FLAGS) &&) true
 
 .PHONY: migrate
-migrate: install ## Run the app's migrations (MIGRATIONS) to head on DATABASE_URL, under the stack's advisory lock
-	$(RUN) python -m service.stack.migrate
+migrate: install ## Run the app's migrations (MIGRATIONS) to head as the database's owner (the running stack's, else DATABASE_URL), under the stack's advisory lock
+	$(RUN) python -m deploy.native migrate
 
 .PHONY: dev
-dev: install ## Run one uvicorn process with auto-reload on 127.0.0.1:8000 (development)
-	$(RUN) uvicorn --factory service.stack.asgi:create_stack --reload --host 127.0.0.1 --port 8000
+dev: install ## Run one uvicorn process with auto-reload on 127.0.0.1:8000 (development), on the running stack's database as its app role
+	$(RUN) python -m deploy.native dev
 
 .PHONY: all
 all: lint test ## Everything CI runs: lint, then the tests

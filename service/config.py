@@ -25,6 +25,18 @@ Environment = Literal["development", "test", "production"]
 Pooler = Literal["none", "pgbouncer"]
 
 ROOT = Path(__file__).resolve().parent.parent
+# The passwords examples and defaults ship with (.env.example's `change-me` among them): never a
+# production secret, so ENVIRONMENT=production refuses them wherever the stack reads one.
+PLACEHOLDER_SECRETS = frozenset(
+    {"change-me", "changeme", "password", "secret", "postgres", "admin"}
+)
+
+
+def is_placeholder(secret: str | None) -> bool:
+    """Whether `secret` is one of the passwords examples ship with (case aside)."""
+    return secret is not None and secret.strip().lower() in PLACEHOLDER_SECRETS
+
+
 DEFAULT_DATABASE_URL = "postgresql+asyncpg://postgres@127.0.0.1:55432/notes"
 
 
@@ -146,7 +158,7 @@ class Settings(WorkerSettings):
     database_url: PostgresDsn = setting(
         PostgresDsn(DEFAULT_DATABASE_URL),
         "must use the asyncpg driver; the default is `make up`'s private cluster",
-        example="postgresql+asyncpg://notes:change-me@db:5432/notes",
+        example="postgresql+asyncpg://notes_app:change-me@db:5432/notes",
     )
     db_pool_size: int = setting(5, "connections each worker keeps open", ge=1, le=1000)
     db_max_overflow: int = setting(
@@ -194,8 +206,16 @@ class Settings(WorkerSettings):
 
     @model_validator(mode="after")
     def _no_default_database_in_production(self) -> "Settings":
-        if self.environment == "production" and str(self.database_url) == DEFAULT_DATABASE_URL:
+        if self.environment != "production":
+            return self
+        if str(self.database_url) == DEFAULT_DATABASE_URL:
             msg = "DATABASE_URL must be set explicitly when ENVIRONMENT=production"
+            raise ValueError(msg)
+        if is_placeholder(self.database_url.hosts()[0].get("password")):
+            msg = (
+                "DATABASE_URL's password is a placeholder (as in .env.example): set a real one "
+                "when ENVIRONMENT=production"
+            )
             raise ValueError(msg)
         return self
 

@@ -43,7 +43,8 @@ PROMETHEUS_PORT = 9090
 # Small on purpose: the hosts' pools together (2 hosts x 2 workers x pool) ask for more.
 SERVER_POOL = 6
 WORKERS_PER_HOST = 2
-# PostgreSQL trusts 127.0.0.1 on the db host; the password is PgBouncer's, for the app hosts.
+# The operator's PostgreSQL trusts 127.0.0.1 on the db host; the superuser's password is what
+# the operator gives the database host's DATABASE_URL.
 PASSWORD = "multihost-secret"  # noqa: S105 (a throwaway test cluster's)
 
 
@@ -124,8 +125,17 @@ class Topology:
 
     @property
     def pooled_url(self) -> str:
-        """The same database through PgBouncer on the db host (what the app hosts use)."""
-        pooled = make_url(self.direct_url).set(host=self.db.address, port=PGBOUNCER_PORT)
+        """The same database through PgBouncer on the db host, as the app role the database
+        host's `up` made, with the password it generated: what the operator gives the app
+        hosts."""
+        role = f"{self.database}_app"
+        password = RunLayout(self.db.run_dir).secrets_dir.joinpath(f"{role}.password")
+        pooled = make_url(self.direct_url).set(
+            host=self.db.address,
+            port=PGBOUNCER_PORT,
+            username=role,
+            password=password.read_text().strip(),
+        )
         return pooled.render_as_string(hide_password=False)
 
     def env(self, host: Host) -> dict[str, str]:
@@ -299,7 +309,9 @@ def topology(app_env: dict[str, str], database: str) -> Iterator[Topology]:
             host.run_dir.mkdir()
             host.run_dir.chmod(0o755)
         # The operator's PostgreSQL, on the database host's own 127.0.0.1.
-        net.db.run(str(PG_CLUSTER), "start", str(net.postgres_dir), "5432", "--unsafe-no-fsync")
+        net.db.run(
+            str(PG_CLUSTER), "start", str(net.postgres_dir), "5432", "--unsafe-no-fsync", "--trust"
+        )
         bindir = subprocess.run(
             [PG_CLUSTER, "bindir"], capture_output=True, text=True, check=True
         ).stdout.strip()

@@ -203,10 +203,12 @@ def running_stack(
     run_dir = Path(tempfile.mkdtemp(prefix="notes-stack-"))
     run_dir.chmod(0o755)
     env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    private = database is None
     if database is None:
         postgres_port = free_port()
         env["POSTGRES_PORT"] = str(postgres_port)
-        database = make_url(f"postgresql+asyncpg://postgres@127.0.0.1:{postgres_port}/notes")
+        # The private cluster's owner, whose password `up` generates (filled in below).
+        database = make_url(f"postgresql+asyncpg://notes_owner@127.0.0.1:{postgres_port}/notes")
     else:
         env["DATABASE_URL"] = database.render_as_string(hide_password=False)
     settings = StackSettings(
@@ -227,6 +229,8 @@ def running_stack(
     stack = Stack(NativeStack(RunLayout(run_dir), settings), env, database)
     try:
         stack.run("up")
+        if private:
+            stack.database = stack.native.secrets.with_password(database)
         yield stack
         stack.down()  # every stack of the suite ends by proving `down`
     finally:

@@ -22,6 +22,8 @@ import time
 from collections.abc import Callable
 from typing import assert_never
 
+from sqlalchemy.engine import make_url
+
 from deploy.native import app_deps, gunicorn, monitoring, nginx, pgbouncer, postgres
 from deploy.native.processes import (
     StackError,
@@ -110,10 +112,11 @@ def _gunicorn(stack: Stack) -> None:
 
 def _remote_database(stack: Stack) -> None:
     """An app host: the database (PgBouncer with POOLER=pgbouncer) is on another host, named
-    by DATABASE_URL."""
-    url = load_settings().sqlalchemy_url
+    by DATABASE_URL, as the app role."""
+    url = make_url(load_settings().sqlalchemy_url)
     # The URL is PgBouncer's own when it is on the database host: the workers use it as is.
-    stack.save(StackState(database_url=url, pooler=stack.settings.pooler, pooled_url=url))
+    saved = stack.secrets.without_password(url).render_as_string(hide_password=False)
+    stack.save(StackState(database_url=saved, pooler=stack.settings.pooler, pooled_url=saved))
 
 
 def _readiness_url(stack: Stack) -> str | None:
@@ -173,7 +176,7 @@ def _database(stack: Stack) -> None:
     if state is None:
         state = postgres.ensure_database(stack)
         if pooler == "pgbouncer":
-            state = state.through(pooler, pgbouncer.pooled_url(stack, state.database_url))
+            state = state.through(pooler, pgbouncer.pooled_url(stack, state.direct_workers_url))
         stack.save(state)
     else:
         if "pooler" in stack.settings.model_fields_set and pooler != state.pooler:
@@ -186,7 +189,7 @@ def _database(stack: Stack) -> None:
     postgres.migrate(stack.migration_env())
     if _pooled(state):
         run_helper("install-deps", "pgbouncer")
-        pgbouncer.start(stack, state.database_url)
+        pgbouncer.start(stack, state.direct_workers_url)
 
 
 def _eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
@@ -303,13 +306,32 @@ def reload(stack: Stack) -> None:
     log("reloaded")
 
 
+def migrate(stack: Stack) -> None:
+    """`make migrate`: the app's migrations to head, as the owner of the database this stack
+    runs on (its password from the secrets), else on DATABASE_URL."""
+    if stack.saved() is None or not stack.role.runs(Part.DATABASE):
+        postgres.migrate(dict(os.environ))
+        return
+    postgres.migrate(stack.migration_env())
+    log("migrated")
+
+
+def dev(stack: Stack) -> None:
+    """`make dev`: one uvicorn process with auto-reload on 127.0.0.1:8000, as the app role of
+    the database this stack runs on (else DATABASE_URL)."""
+    env = stack.service_env() if stack.saved() else dict(os.environ)
+    argv = ["uvicorn", "--factory", "service.stack.asgi:create_stack", "--reload"]
+    argv += ["--host", "127.0.0.1", "--port", "8000"]
+    os.execvpe(argv[0], argv, env)  # noqa: S606 (the developer's own command)
+
+
 def main() -> None:
     """Parse the command line and run the command; a StackError ends it with its message."""
     parser = argparse.ArgumentParser(
         prog="python -m deploy.native", description=__doc__.splitlines()[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("up", "down", "status", "logs", "reload"):
+    for name in ("up", "down", "status", "logs", "reload", "migrate", "dev"):
         commands.add_parser(name)
     commands.add_parser("scale").add_argument("workers", type=int)
     args = parser.parse_args()
@@ -318,9 +340,16 @@ def main() -> None:
         if args.command == "scale":
             gunicorn.scale(stack, args.workers)
         else:
-            {"up": up, "down": down, "status": status, "logs": logs, "reload": reload}[
-                args.command
-            ](stack)
+            commands_by_name = {
+                "up": up,
+                "down": down,
+                "status": status,
+                "logs": logs,
+                "reload": reload,
+                "migrate": migrate,
+                "dev": dev,
+            }
+            commands_by_name[args.command](stack)
     except StackError as exc:
         print(f"stack: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -67,6 +67,11 @@ class RunLayout(GunicornLayout):
         return self.root / "postgres"
 
     @property
+    def secrets_dir(self) -> Path:
+        """The database roles' passwords and verifiers (deploy.native.secrets), mode 0700."""
+        return self.root / "secrets"
+
+    @property
     def pgbouncer_dir(self) -> Path:
         """PgBouncer's rendered config and auth file."""
         return self.root / "pgbouncer"

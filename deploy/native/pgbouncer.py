@@ -1,7 +1,11 @@
 """PgBouncer in transaction mode between the workers and PostgreSQL (`make up POOLER=pgbouncer`).
 
 The workers connect to PgBouncer on LISTEN_ADDRESS:PGBOUNCER_PORT (127.0.0.1, unless app hosts
-elsewhere use it) with the database URL's own user and password; PgBouncer keeps at most
+elsewhere use it) as the app role, with its password. PgBouncer's auth file holds the role's
+SCRAM verifier, the one the server stores (the stack set it: deploy.native.secrets), so it
+checks their logins and logs into the server with the keys their SCRAM exchange proved, and
+holds no password at all; only for a role an operator named with its password
+(APP_DATABASE_URL) does the file, of mode 0600, hold that password. PgBouncer keeps at most
 PGBOUNCER_POOL_SIZE connections to PostgreSQL, however many workers and hosts ask. Migrations
 bypass it: their advisory lock belongs to a session, which a transaction pooler hands to someone
 else after each transaction.
@@ -24,6 +28,7 @@ from sqlalchemy.engine import URL, make_url
 
 from deploy.native.layout import RunLayout
 from deploy.native.processes import fail, log, port_open, read_pid, spawn, stop_process, wait_for
+from deploy.native.secrets import write_private
 from deploy.native.settings import StackSettings
 from deploy.native.state import Stack
 from service.config import BudgetSettings, load
@@ -34,26 +39,26 @@ RUN_AS = "nobody"
 
 
 def pooled_url(stack: Stack, database_url: str) -> str:
-    """The URL the workers use: PgBouncer's address, the same user, password and database."""
+    """The URL the workers use: PgBouncer's address, the same user and database (and the same
+    password, kept in the secrets)."""
     url = make_url(database_url)
     pooled = url.set(host=stack.settings.listen_address, port=stack.settings.pgbouncer_port)
     return pooled.render_as_string(hide_password=False)
 
 
 def config(stack: Stack, database: URL, settings: BudgetSettings) -> tuple[str, str]:
-    """pgbouncer.ini and its auth file (userlist.txt) for `database`."""
+    """pgbouncer.ini and its auth file (userlist.txt) for `database` (no password in it)."""
     here = stack.layout.pgbouncer_dir
     name = database.database or "postgres"
     user = database.username or "postgres"
     server = f"host={database.host or '127.0.0.1'} port={database.port or 5432} dbname={name}"
-    if database.password:
-        server += f" password={database.password}"
-        # The workers log in with the URL's password: PgBouncer checks it, then uses its own.
+    secret = stack.secrets.verifier(user) or stack.secrets.password(user)
+    if secret:
         auth = "scram-sha-256"
-        userlist = f'"{user}" "{database.password}"\n'
+        userlist = f'"{user}" "{secret}"\n'
     else:
-        # No password in the URL: the server trusts this host, and PgBouncer does the same for
-        # whoever reaches LISTEN_ADDRESS; on anything but 127.0.0.1, give the URL a password.
+        # No password: the server trusts this host, and PgBouncer does the same for whoever
+        # reaches LISTEN_ADDRESS; `start` refuses that on anything but 127.0.0.1.
         auth = "trust"
         userlist = f'"{user}" ""\n'
     timeout_ms = int(settings.db_statement_timeout * 1000)
@@ -94,20 +99,20 @@ def start(stack: Stack, database_url: str) -> None:
     binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
     host, port = stack.settings.listen_address, stack.settings.pgbouncer_port
     database = make_url(database_url)
-    if not database.password and not _loopback(host):
+    if not stack.secrets.password(database.username or "") and not _loopback(host):
         fail(
             f"PgBouncer on {host} would let in whoever reaches that address without a "
-            "password: give DATABASE_URL a password (PgBouncer checks it)"
+            "password: give the workers' role one (APP_DATABASE_URL, or a DATABASE_URL role "
+            "that may create the app role)"
         )
     if port_open(port, host):
         fail(f"port {port} is taken by another program; set PGBOUNCER_PORT")
     here = stack.layout.pgbouncer_dir
     here.mkdir(parents=True, exist_ok=True)
     ini, userlist = config(stack, database, load(BudgetSettings))
-    (here / "pgbouncer.ini").write_text(ini)
+    write_private(here / "pgbouncer.ini", ini)
     auth_file = here / "userlist.txt"
-    auth_file.touch(mode=0o600)
-    auth_file.write_text(userlist)
+    write_private(auth_file, userlist)
     argv = [binary, str(here / "pgbouncer.ini")]
     if os.geteuid() == 0:
         account = pwd.getpwnam(RUN_AS)
@@ -146,9 +151,10 @@ def standalone(database_url: str, port: int) -> Iterator[str]:
     run_dir.chmod(0o755)  # it runs as an unprivileged user when started as root
     stack = Stack(RunLayout(run_dir), StackSettings(run_dir=run_dir, pgbouncer_port=port))
     stack.layout.logs.mkdir()
-    start(stack, database_url)
+    saved = stack.secrets.without_password(make_url(database_url))
+    start(stack, saved.render_as_string(hide_password=False))
     try:
-        yield pooled_url(stack, database_url)
+        yield stack.url(pooled_url(stack, saved.render_as_string(hide_password=False)))
     finally:
         stop(stack)
         shutil.rmtree(run_dir, ignore_errors=True)

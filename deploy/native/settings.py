@@ -77,6 +77,14 @@ class StackSettings(RunDirSettings):
         "when other hosts connect to it (the ops server and Prometheus stay on 127.0.0.1)",
         per_deployment=False,
     )
+    app_database_url: str | None = setting(
+        None,
+        "with DATABASE_URL (the owner, which migrates): the role the workers log in as, with "
+        "only DML on the app's tables. Unset: `make up` makes `<database>_app` itself when "
+        "DATABASE_URL's role may create roles, else the workers use DATABASE_URL (refused "
+        "with ENVIRONMENT=production)",
+        per_deployment=False,
+    )
     app_upstream: str | None = setting(
         None,
         "nginx's upstream: unset, the local gunicorn's socket; `HOST:PORT` for app hosts "

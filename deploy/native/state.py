@@ -2,9 +2,7 @@
 commands that come after it (`StackState`, saved as JSON in the run directory)."""
 
 import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated
 
 from pydantic import (
@@ -15,10 +13,12 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from sqlalchemy.engine import make_url
 
 from deploy.native.layout import RunLayout
 from deploy.native.processes import StackError, fail
 from deploy.native.roles import ROLES, HostRole
+from deploy.native.secrets import Secrets, write_private
 from deploy.native.settings import StackSettings
 from service.config import BudgetSettings, Pooler, WorkerSettings, load
 
@@ -36,17 +36,23 @@ SavedBoolean = Annotated[bool, BeforeValidator(_older_boolean), Strict()]
 
 
 class StackState(BaseModel):
-    """What `up` decided: the database, whether it is the private cluster, and the pooler in
-    front of it with the URL the workers use instead. Saved as JSON by `Stack.save`."""
+    """What `up` decided: the database and its two roles, whether it is the private cluster,
+    and the pooler in front of it with the URL the workers use instead. Saved as JSON by
+    `Stack.save`. The URLs hold no password: the runner adds each role's from
+    `.run/secrets/` (deploy.native.secrets) when it hands a URL to a process."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # Straight to PostgreSQL: the migrations' URL (their advisory lock needs a session).
+    # Straight to PostgreSQL as the owner: the migrations' URL (their advisory lock needs a
+    # session, and only the owner may change the schema).
     database_url: str
+    # Straight to PostgreSQL as the app role (DML on the app's tables only), when there is
+    # one; else the workers log in as the owner.
+    app_url: str | None = None
     # Whether that is the private cluster in the run dir, which `up` restarts and `down` stops.
     private_postgres: SavedBoolean = False
     pooler: Pooler = "none"
-    # The URL that reaches the database through the pooler, when there is one.
+    # The URL that reaches the database through the pooler, as the app role, when there is one.
     pooled_url: str | None = None
 
     @model_validator(mode="after")
@@ -61,10 +67,15 @@ class StackState(BaseModel):
         return self.model_copy(update={"pooler": pooler, "pooled_url": pooled_url})
 
     @property
+    def direct_workers_url(self) -> str:
+        """The workers' role, straight to PostgreSQL: what a pooler in front logs in with."""
+        return self.app_url or self.database_url
+
+    @property
     def workers_url(self) -> str:
         """The URL the workers use: the pooler's, if there is one."""
         if self.pooler == "none" or self.pooled_url is None:
-            return self.database_url
+            return self.direct_workers_url
         return self.pooled_url
 
     def to_json(self) -> str:
@@ -135,18 +146,20 @@ class Stack:
             msg = f"{path} is not a state this runner saved: {exc}. make down, then make up"
             raise StateFileError(msg) from None
 
+    @property
+    def secrets(self) -> Secrets:
+        """The database roles' passwords."""
+        return Secrets(self.layout.secrets_dir)
+
     def save(self, state: StackState) -> None:
-        """Remember what `up` decided: readable by this user only, since the URLs may hold a
-        password, and replaced whole, so that a reader never sees half of it."""
-        path = self.layout.state_file
-        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(descriptor, "w") as file:  # mkstemp made it 0600
-                file.write(state.to_json())
-            Path(temporary).replace(path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        """Remember what `up` decided (no password in it), replaced whole, so that a reader
+        never sees half of it."""
+        write_private(self.layout.state_file, state.to_json())
+
+    def url(self, url: str) -> str:
+        """`url` (as the state holds it) with its role's password, for a process to use."""
+        with_password = self.secrets.with_password(make_url(url))
+        return with_password.render_as_string(hide_password=False)
 
     def state(self) -> StackState:
         """What `up` decided; fail if it has not run."""
@@ -172,7 +185,7 @@ class Stack:
         return {
             **os.environ,
             "RUN_DIR": str(self.layout.root),
-            "DATABASE_URL": database_url,
+            "DATABASE_URL": self.url(database_url),
             "DB_POOLER": state.pooler,
             "APP_PATH": str(worker.app_path.resolve()),
             "MIGRATIONS": str(worker.migrations.resolve()) if worker.migrations else "",

@@ -55,9 +55,35 @@ async def upgrade(settings: WorkerSettings, database_url: str) -> int:
             cwd=settings.migrations.resolve().parent,
             env=alembic_env(settings),
         )
-        return await process.wait()
+        status = await process.wait()
+        if status == 0:
+            await keep_the_version_table_to_the_owner(connection)
+        return status
     finally:
         await connection.close()
+
+
+async def keep_the_version_table_to_the_owner(connection: asyncpg.Connection) -> None:
+    """Alembic's version table is the migrations' own: the owner's default privileges gave the
+    app role DML on it, as on every table; take the writes back, leaving the read readiness
+    needs. Run as the owner (who made the table)."""
+    rows = await connection.fetch(
+        """
+        SELECT DISTINCT grantee, table_schema, table_name
+        FROM information_schema.role_table_grants
+        WHERE table_name = 'alembic_version' AND grantee NOT IN (current_user, 'PUBLIC')
+          AND privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')
+        """
+    )
+    for row in rows:
+        table = f"{quoted(row['table_schema'])}.{quoted(row['table_name'])}"
+        privileges = "INSERT, UPDATE, DELETE, TRUNCATE"
+        await connection.execute(f"REVOKE {privileges} ON {table} FROM {quoted(row['grantee'])}")
+
+
+def quoted(name: str) -> str:
+    """`name` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def main() -> int:

@@ -27,11 +27,20 @@ from ruamel.yaml import YAML
 from sqlalchemy.engine import make_url
 
 from deploy import settings_docs
+from deploy.compose.settings import placeholders as compose_placeholders
 from deploy.native import nginx
 from deploy.native.layout import RunLayout
 from deploy.native.settings import StackSettings, cidrs
 from deploy.native.state import Stack
-from service.config import ROOT, BudgetSettings, GunicornSettings, Settings, load, load_settings
+from service.config import (
+    ROOT,
+    BudgetSettings,
+    ConfigurationError,
+    GunicornSettings,
+    Settings,
+    load,
+    load_settings,
+)
 from tests.deploy.prometheus.test_prometheus_config import load_yaml, promtool
 
 BIN = Path(sys.executable).parent
@@ -550,17 +559,35 @@ def test_env_example_sets_what_compose_reads_with_placeholders() -> None:
     example = env_example()
     assert interpolated_names() <= example.keys()
     assert {name.upper() for name in Settings.model_fields} <= example.keys()
-    for secret in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
+    for secret in ("POSTGRES_PASSWORD", "APP_DB_PASSWORD", "GRAFANA_ADMIN_PASSWORD"):
         assert example[secret] == "change-me"
 
-    url = urlsplit(example["DATABASE_URL"])
-    assert url.scheme == "postgresql+asyncpg"
-    assert (url.hostname, url.port) == ("db", 5432), "the database is the compose service db"
-    assert url.username == example["POSTGRES_USER"]
-    assert url.password == example["POSTGRES_PASSWORD"]
-    assert url.path == f"/{example['POSTGRES_DB']}"
-    settings = load_settings(**{name.lower(): value for name, value in example.items()})
+    # The app logs in as the app role; the migrations as the owner, the image's POSTGRES_USER.
+    for key, role in (("DATABASE_URL", "APP_DB"), ("MIGRATION_DATABASE_URL", "POSTGRES")):
+        url = urlsplit(example[key])
+        assert url.scheme == "postgresql+asyncpg"
+        assert (url.hostname, url.port) == ("db", 5432), "the database is the compose service db"
+        assert url.username == example[f"{role}_USER"], key
+        assert url.password == example[f"{role}_PASSWORD"], key
+        assert url.path == f"/{example['POSTGRES_DB']}"
+    assert example["APP_DB_USER"] != example["POSTGRES_USER"]
+    values = {name.lower(): value for name, value in example.items()}
+    # As it is, the example is refused: its secrets are placeholders, and it says production.
+    with pytest.raises(ConfigurationError, match="placeholder"):
+        load_settings(**values)
+    assert compose_placeholders(example) == [
+        "APP_DB_PASSWORD",
+        "DATABASE_URL",
+        "GRAFANA_ADMIN_PASSWORD",
+        "MIGRATION_DATABASE_URL",
+        "POSTGRES_PASSWORD",
+    ]
+    edited = {name: value.replace("change-me", "Kx9-a-real-one") for name, value in example.items()}
+    assert compose_placeholders(edited) == []
+    settings = load_settings(**{name.lower(): value for name, value in edited.items()})
     assert settings.environment == "production"
+    assert compose_placeholders({**edited, "ENVIRONMENT": "development"}) == []
+    assert compose_placeholders({**example, "ENVIRONMENT": "development"}) == []
 
 
 # --- Compose and native mode agree ------------------------------------------------------------
@@ -737,7 +764,12 @@ def test_the_pooler_override_puts_pgbouncer_between_app_and_db_only() -> None:
     assert bouncer["networks"] == ["internal"]
     assert "ports" not in bouncer
     assert depends_on(bouncer) == {"db": {"condition": "service_healthy"}}
-    env = {"POSTGRES_USER": "notes", "POSTGRES_PASSWORD": "secret", "POSTGRES_DB": "notes"}
+    env = {
+        "POSTGRES_USER": "notes",
+        "POSTGRES_PASSWORD": "secret",
+        "POSTGRES_DB": "notes",
+        "APP_DB_PASSWORD": "app-secret",
+    }
     settings = {
         name: interpolate(str(value), env) for name, value in bouncer["environment"].items()
     }
@@ -754,6 +786,9 @@ def test_the_pooler_override_puts_pgbouncer_between_app_and_db_only() -> None:
     app = override["app"]
     url = make_url(interpolate(app["environment"]["DATABASE_URL"], env))
     assert (url.host, url.port, url.database) == ("pgbouncer", 5432, "notes")
+    # The app role, on both sides of PgBouncer: never the owner.
+    assert (url.username, url.password) == ("notes_app", "app-secret")
+    assert (settings["DB_USER"], settings["DB_PASSWORD"]) == ("notes_app", "app-secret")
     assert app["environment"]["DB_POOLER"] == "pgbouncer"
     assert load_settings(db_pooler=app["environment"]["DB_POOLER"]).db_pooler == "pgbouncer"
     assert depends_on(app) == {"pgbouncer": {"condition": "service_started"}}

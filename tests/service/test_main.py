@@ -196,6 +196,16 @@ def test_production_refuses_the_default_database_url(environment: pytest.MonkeyP
         create_app()
 
 
+@pytest.mark.parametrize("password", ["change-me", "CHANGEME", "postgres"])
+def test_production_refuses_a_placeholder_password(
+    environment: pytest.MonkeyPatch, password: str
+) -> None:
+    environment.setenv("DATABASE_URL", f"postgresql+asyncpg://notes:{password}@db:5432/notes")
+    environment.setenv("ENVIRONMENT", "production")
+    with pytest.raises(ConfigurationError, match="placeholder"):
+        create_app()
+
+
 def test_log_format_json_for_machines_console_for_people(fresh_process: FreshProcess) -> None:
     """In a process of its own: logging is configured once per process, as in a worker."""
     lines = fresh_process.lines()[1:]

@@ -45,7 +45,7 @@ from tests.multihost import (
     network_available,
     topology,
 )
-from tests.postgres import ROOT, backends
+from tests.postgres import ROOT, admin_execute, backends, fresh_database, run_sync
 from tests.stack import background_load, nginx_access_lines
 
 READ_ROUTE = ITEM
@@ -313,14 +313,26 @@ def test_a_role_refuses_what_its_host_cannot_serve(
     assert not RunLayout(tmp_path).nginx_pidfile.exists()
 
 
-def test_pgbouncer_open_to_other_hosts_needs_a_password(tmp_path: Path, database_url: URL) -> None:
-    env = {
-        "STACK_ROLE": "database",
-        "POOLER": "pgbouncer",
-        "LISTEN_ADDRESS": "192.0.2.1",  # not this machine's, and never reached
-        "DATABASE_URL": database_url.render_as_string(hide_password=False),
-    }
-    assert database_url.password is None
-    message = up_refused(tmp_path, env)
+def test_pgbouncer_open_to_other_hosts_needs_a_password(tmp_path: Path, pg_server: URL) -> None:
+    """A DATABASE_URL role with no password that may not create the app role: the workers
+    would log in as it, and PgBouncer on a routable address would let anyone in as it."""
+    with fresh_database(pg_server, prefix="nopass") as url:
+        owner = f"{url.database}_owner"
+        statements = (
+            f'CREATE ROLE "{owner}" LOGIN NOSUPERUSER NOCREATEROLE',
+            f'ALTER DATABASE "{url.database}" OWNER TO "{owner}"',
+        )
+        run_sync(admin_execute(url, *statements))
+        try:
+            env = {
+                "STACK_ROLE": "database",
+                "POOLER": "pgbouncer",
+                "LISTEN_ADDRESS": "192.0.2.1",  # not this machine's, and never reached
+                "DATABASE_URL": url.set(username=owner).render_as_string(hide_password=False),
+            }
+            message = up_refused(tmp_path, env)
+        finally:
+            run_sync(admin_execute(pg_server, f'DROP DATABASE "{url.database}" WITH (FORCE)'))
+            run_sync(admin_execute(pg_server, f'DROP ROLE "{owner}"'))
     assert "PgBouncer on 192.0.2.1 would let in whoever reaches that address" in message
-    assert "give DATABASE_URL a password" in message
+    assert "give the workers' role one" in message

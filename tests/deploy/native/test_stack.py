@@ -273,7 +273,7 @@ def test_gunicorn_refuses_to_start_past_the_connection_budget(tmp_path: Path) ->
     datadir = workdir / "small"
     port = free_port()
     env = {**os.environ, "PG_MAX_CONNECTIONS": "20"}
-    subprocess.run([PG_CLUSTER, "start", datadir, str(port)], env=env, check=True)
+    subprocess.run([PG_CLUSTER, "start", datadir, str(port), "--trust"], env=env, check=True)
     try:
         run_dir = tmp_path / "run"
         result = subprocess.run(

@@ -4,6 +4,10 @@ SHELL := bash
 
 # uv's own settings (the system's Python, never a downloaded one) live in pyproject.toml.
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/bin/uv)
+# Debian's own interpreter when it is there, rather than the first on PATH: the serving
+# processes run as an unprivileged user (deploy/native/accounts.py), who must be able to run
+# it, and one under a private home (pyenv's in /root) they cannot.
+export UV_PYTHON := $(or $(UV_PYTHON),$(wildcard /usr/bin/python3.11))
 RUN := $(UV) run --frozen
 # For recipes of targets that depend on install, which has just synced .venv: a plain `uv run`
 # would check it again and recompile every module's bytecode (half a second or more).

@@ -51,6 +51,8 @@ worker_class = "service.runtime.worker.Worker"
 workers = SETTINGS.web_concurrency or default_workers()
 
 bind = [SETTINGS.gunicorn_bind or f"unix:{LAYOUT.gunicorn_socket}"]
+# The socket is made 0770: its directory's group (nginx's workers) may connect, no one else.
+umask = 0o007
 backlog = 2048
 pidfile = str(LAYOUT.gunicorn_pidfile)
 forwarded_allow_ips = SETTINGS.forwarded_allow_ips or (

@@ -24,7 +24,7 @@ from typing import assert_never
 
 from sqlalchemy.engine import make_url
 
-from deploy.native import app_deps, gunicorn, monitoring, nginx, pgbouncer, postgres
+from deploy.native import accounts, app_deps, gunicorn, monitoring, nginx, pgbouncer, postgres
 from deploy.native.processes import (
     StackError,
     children,
@@ -45,8 +45,11 @@ def up(stack: Stack) -> None:
     """Start whatever of this host's part is not running; return once it answers."""
     _refuse_what_this_host_cannot_serve(stack)
     layout = stack.layout
-    for directory in (layout.logs, layout.nginx_dir, layout.ready_dir):
-        directory.mkdir(parents=True, exist_ok=True)
+    # Others may pass through the run directory and nginx's, to what is theirs in them (the
+    # cluster's, PgBouncer's, gunicorn's directories; nginx's workers' temporary files), and
+    # see nothing else: every file the runner makes is its own (umask 077, set in `main`).
+    for directory, mode in ((layout.root, 0o711), (layout.logs, 0o700), (layout.nginx_dir, 0o711)):
+        accounts.own(directory, None, mode)
     if stack.role.runs(Part.PROXY):
         run_helper("install-deps", "nginx", "prometheus")
     if stack.role.runs(Part.DATABASE) or stack.role.runs(Part.APP):
@@ -335,6 +338,7 @@ def main() -> None:
         commands.add_parser(name)
     commands.add_parser("scale").add_argument("workers", type=int)
     args = parser.parse_args()
+    os.umask(0o077)
     stack = Stack.from_environment()
     try:
         if args.command == "scale":

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from deploy.native import accounts
 from deploy.native.processes import (
     alive,
     children,
@@ -55,7 +56,13 @@ def start(stack: Stack, env: dict[str, str], workers: int) -> int:
         "--config",
         str(ROOT / "gunicorn.conf.py"),
     ]
-    process = spawn(stack.layout.app_log, argv, env=env)
+    service = accounts.service_account(stack.settings.service_user)
+    interpreter = Path(sys.executable).resolve()
+    accounts.readable_by(service, interpreter, ROOT, Path(env.get("APP_PATH") or ROOT))
+    # Its own directory, which only its group may enter: nginx's workers, whose group it is.
+    # The socket in it is 0770; the rest is gunicorn's alone (made under a umask of 077).
+    accounts.own(stack.layout.gunicorn_dir, service, 0o750 if service is not None else 0o700)
+    process = spawn(stack.layout.app_log, argv, env=env, account=service)
 
     def fail_if_exited() -> None:
         # Its last lines say why: a refused connection budget, a bad setting, an import error.

@@ -6,6 +6,7 @@ import signal
 
 import yaml  # type: ignore[import-untyped]
 
+from deploy.native import accounts
 from deploy.native.processes import (
     http_status,
     log,
@@ -23,8 +24,10 @@ DAEMONS = ("prometheus", "nginx-exporter")
 
 
 def _start_daemon(stack: Stack, name: str, argv: list[str]) -> int:
-    """Start a program that writes no pid file of its own, and write one for it."""
-    pid = spawn(stack.layout.daemon_log(name), argv).pid
+    """Start a program that writes no pid file of its own, as the service user, and write
+    one for it."""
+    service = accounts.service_account(stack.settings.service_user)
+    pid = spawn(stack.layout.daemon_log(name), argv, account=service).pid
     stack.layout.pidfile(name).write_text(str(pid))
     return pid
 
@@ -65,7 +68,10 @@ def start_prometheus(stack: Stack) -> None:
         log("prometheus: already running")
         return
     directory = stack.layout.prometheus_dir
-    (directory / "targets").mkdir(parents=True, exist_ok=True)
+    # Its config is no secret: readable by the service user Prometheus runs as (the runner
+    # makes its files under a umask of 077).
+    for path in (directory, directory / "targets"):
+        accounts.own(path, None, 0o755)
     # The same rules as compose (a symlink) and the same config, its app job named after
     # STACK_NAME, with targets on this stack's ports.
     link = directory / "rules"
@@ -75,6 +81,7 @@ def start_prometheus(stack: Stack) -> None:
     config = directory / "prometheus.yml"
     config.unlink(missing_ok=True)
     config.write_text(app_job_named(job))
+    config.chmod(0o644)
     settings = stack.settings
     # One target per app host when they are elsewhere, so that each has series of its own.
     app_targets = (settings.metrics_targets or "").split() or [f"127.0.0.1:{settings.ops_port}"]
@@ -85,7 +92,11 @@ def start_prometheus(stack: Stack) -> None:
     }
     for job, (addresses, labels) in targets.items():
         group = [{"targets": addresses, "labels": labels}]
-        (directory / "targets" / f"{job}.json").write_text(json.dumps(group))
+        target = directory / "targets" / f"{job}.json"
+        target.write_text(json.dumps(group))
+        target.chmod(0o644)
+    service = accounts.service_account(stack.settings.service_user)
+    accounts.own(directory / "data", service, 0o700)
     binary = shutil.which("prometheus") or "/usr/bin/prometheus"
     pid = _start_daemon(
         stack,

@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 
+from deploy.native import accounts
 from deploy.native.processes import fail, log, read_pid, stop_process, wait_for
 from deploy.native.state import Stack
 from service.config import ROOT
@@ -65,7 +66,14 @@ def run(stack: Stack, *args: str, capture: bool = False) -> subprocess.Completed
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     layout = stack.layout
     argv = [binary, "-p", str(layout.nginx_dir), "-c", str(layout.nginx_conf)]
-    argv += ["-e", str(layout.nginx_error_log), *args]
+    argv += ["-e", str(layout.nginx_error_log)]
+    workers = accounts.nginx_workers(stack.settings.nginx_user)
+    if workers is not None:
+        # As root: the workers as NGINX_USER (not nginx's built-in nobody), in the service
+        # user's group, the one group that may reach gunicorn's socket.
+        service = accounts.account(stack.settings.service_user)
+        argv += ["-g", f"user {workers.name} {accounts.group_name(service.gid)};"]
+    argv += args
     return subprocess.run(argv, capture_output=capture, text=True, check=False)
 
 

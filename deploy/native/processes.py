@@ -10,11 +10,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import psutil
 
 from service.config import ROOT
+
+if TYPE_CHECKING:
+    from deploy.native.accounts import Account
 
 
 def log(message: str) -> None:
@@ -113,9 +116,18 @@ def stop_process(name: str, pid: int, sig: signal.Signals, timeout: float) -> No
 
 
 def spawn(
-    log_file: Path, argv: list[str], env: dict[str, str] | None = None
+    log_file: Path,
+    argv: list[str],
+    env: dict[str, str] | None = None,
+    account: "Account | None" = None,
 ) -> "subprocess.Popen[bytes]":
-    """Start a long-running program in its own session, appending its output to `log_file`."""
+    """Start a long-running program in its own session, appending its output to `log_file`;
+    as `account` (its user and group, no other group) when given, and creating its files
+    under a umask of 077 either way."""
+    as_account: dict[str, Any] = {}
+    if account is not None:
+        as_account = {"user": account.uid, "group": account.gid, "extra_groups": []}
+        env = account.environment(env)
     with log_file.open("ab") as output:
         return subprocess.Popen(
             argv,
@@ -125,6 +137,8 @@ def spawn(
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            umask=0o077,
+            **as_account,
         )
 
 

@@ -77,6 +77,20 @@ class StackSettings(RunDirSettings):
         "when other hosts connect to it (the ops server and Prometheus stay on 127.0.0.1)",
         per_deployment=False,
     )
+    service_user: str = setting(
+        "stack",
+        "started as root, the system user gunicorn, Prometheus and the nginx exporter run as "
+        "(made when missing, no login, no home); started as another user, they run as it",
+        per_deployment=False,
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+    )
+    nginx_user: str = setting(
+        "www-data",
+        "started as root, the user nginx's workers run as (its master keeps root to open "
+        "ports and logs), in SERVICE_USER's group, the one that may reach gunicorn's socket",
+        per_deployment=False,
+        pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+    )
     app_database_url: str | None = setting(
         None,
         "with DATABASE_URL (the owner, which migrates): the role the workers log in as, with "

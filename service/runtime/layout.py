@@ -17,19 +17,25 @@ class GunicornLayout:
     root: Path
 
     @property
+    def gunicorn_dir(self) -> Path:
+        """What gunicorn writes, in a directory of its own: the only one of the run directory
+        it may write to when it runs as an unprivileged user (deploy.native.accounts)."""
+        return self.root / "gunicorn"
+
+    @property
     def gunicorn_socket(self) -> Path:
         """The unix socket gunicorn listens on and nginx proxies to."""
-        return self.root / "gunicorn.sock"
+        return self.gunicorn_dir / "gunicorn.sock"
 
     @property
     def gunicorn_pidfile(self) -> Path:
         """The serving master's pid; a master started by a reload writes `.2` until it serves."""
-        return self.root / "gunicorn.pid"
+        return self.gunicorn_dir / "gunicorn.pid"
 
     @property
     def ready_dir(self) -> Path:
         """One empty file per worker whose app has started and serves, named by its pid."""
-        return self.root / "gunicorn" / "ready"
+        return self.gunicorn_dir / "ready"
 
     def ready_marker(self, pid: int) -> Path:
         """The ready marker of worker `pid`."""
@@ -38,4 +44,4 @@ class GunicornLayout:
     @property
     def metrics_dir(self) -> Path:
         """PROMETHEUS_MULTIPROC_DIR: every worker's metric files, and the dead ones' archive."""
-        return self.root / "metrics"
+        return self.gunicorn_dir / "metrics"

@@ -6,7 +6,10 @@ front (POOLER=pgbouncer), so that the roles are proven through the pooler too. T
 mode's app role is checked on the suite's shared stack.
 """
 
+import os
+import pwd
 import stat
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.postgres import asyncpg_dsn
+from tests.postgres import PG_CLUSTER, asyncpg_dsn
 from tests.stack import Stack, running_stack
 
 OWNER, APP = "notes_owner", "notes_app"
@@ -44,11 +47,13 @@ async def app_role(private_stack: Stack) -> AsyncIterator[asyncpg.Connection]:
 
 
 async def sessions_by_role(database: URL, application: str) -> set[str]:
-    """The roles of the sessions whose application_name is `<application>:<pid>`."""
+    """The roles of the sessions on `database` whose application_name is
+    `<application>:<pid>`."""
     connection = await asyncpg.connect(asyncpg_dsn(database))
     try:
         rows = await connection.fetch(
-            "SELECT DISTINCT usename FROM pg_stat_activity WHERE application_name LIKE $1",
+            "SELECT DISTINCT usename FROM pg_stat_activity "
+            "WHERE application_name LIKE $1 AND datname = current_database()",
             f"{application}:%",
         )
     finally:
@@ -203,3 +208,21 @@ def test_make_migrate_runs_as_the_owner(private_stack: Stack) -> None:
     app role still may not write Alembic's version table."""
     result = private_stack.run("migrate")
     assert "migrated" in result.stdout + result.stderr
+
+
+def test_another_local_user_cannot_reach_the_clusters_socket(private_stack: Stack) -> None:
+    """The socket, where the superuser logs in by peer, is in the data directory (0700)."""
+    if os.geteuid() != 0:
+        pytest.skip("trying another user's access needs root")
+    bindir = subprocess.run(
+        [PG_CLUSTER, "bindir"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    nobody = pwd.getpwnam("nobody")
+    result = subprocess.run(
+        ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+         f"{bindir}/psql", "-h", str(private_stack.layout.postgres_dir),
+         "-p", str(private_stack.database.port), "-U", "postgres", "-c", "SELECT 1"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "Permission denied" in result.stderr, result.stderr

@@ -112,6 +112,10 @@ else
 	$(STACK) logs
 endif
 
+.PHONY: rotate-logs
+rotate-logs: ## Rotate every log under .run/logs/ now; the rotator `make up` starts does it by size [LOG_ROTATE_SIZE=100M LOG_KEEP=5]
+	$(STACK) rotate-logs
+
 .PHONY: reload
 reload: ## Reload code and config with zero failed requests (USR2, wait for new workers, TERM old)
 ifeq ($(ENGINE),docker)

@@ -72,6 +72,11 @@ preload_app = False
 
 # One JSON log stream: gunicorn's own lines go through the app's structlog chain.
 accesslog = None
+# Native mode: every line to LOG_FILE, which the master and each worker reopen on SIGUSR1 when
+# the runner rotates it (deploy/native/rotation.py); stdout and stderr go there too. Without
+# it (containers), stdout, for the engine to collect.
+errorlog = str(SETTINGS.log_file) if SETTINGS.log_file else "-"
+capture_output = SETTINGS.log_file is not None
 logconfig_dict = logging_config_dict(APP_SETTINGS.log_level, APP_SETTINGS.log_format)
 
 

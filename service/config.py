@@ -297,6 +297,12 @@ class GunicornSettings(RunDirSettings):
         "and only nginx reaches it), else 127.0.0.1",
         per_deployment=False,
     )
+    log_file: Path | None = setting(
+        None,
+        "the file gunicorn and its workers write their log lines to instead of stdout, "
+        "reopened by each on SIGUSR1 (log rotation); `make up` sets it to .run/logs/app.log",
+        per_deployment=False,
+    )
     gunicorn_keepalive: int = setting(
         75,
         "seconds an idle connection stays open; above nginx's upstream keepalive_timeout "

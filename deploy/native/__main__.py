@@ -24,7 +24,16 @@ from typing import assert_never
 
 from sqlalchemy.engine import make_url
 
-from deploy.native import accounts, app_deps, gunicorn, monitoring, nginx, pgbouncer, postgres
+from deploy.native import (
+    accounts,
+    app_deps,
+    gunicorn,
+    monitoring,
+    nginx,
+    pgbouncer,
+    postgres,
+    rotation,
+)
 from deploy.native.processes import (
     StackError,
     children,
@@ -45,10 +54,11 @@ def up(stack: Stack) -> None:
     """Start whatever of this host's part is not running; return once it answers."""
     _refuse_what_this_host_cannot_serve(stack)
     layout = stack.layout
-    # Others may pass through the run directory and nginx's, to what is theirs in them (the
-    # cluster's, PgBouncer's, gunicorn's directories; nginx's workers' temporary files), and
-    # see nothing else: every file the runner makes is its own (umask 077, set in `main`).
-    for directory, mode in ((layout.root, 0o711), (layout.logs, 0o700), (layout.nginx_dir, 0o711)):
+    # Others may pass through the run directory, the logs' and nginx's, to what is theirs in
+    # them (the cluster's, PgBouncer's and gunicorn's directories, gunicorn's app.log, nginx's
+    # workers' temporary files), and list nothing: every file the runner makes is its own
+    # (umask 077, set in `main`).
+    for directory, mode in ((layout.root, 0o711), (layout.logs, 0o711), (layout.nginx_dir, 0o711)):
         accounts.own(directory, None, mode)
     if stack.role.runs(Part.PROXY):
         run_helper("install-deps", "nginx", "prometheus")
@@ -57,6 +67,7 @@ def up(stack: Stack) -> None:
         app_deps.install(load(WorkerSettings).app_path)
     for part in stack.role.parts:
         _start(stack, part)
+    rotation.start(stack)
     ready = _readiness_url(stack)
     if ready and not _eventually(lambda: http_status(ready) == 200):
         fail(f"{ready} did not answer 200 within 60s")
@@ -212,6 +223,7 @@ def down(stack: Stack) -> None:
         # Stop everything all the same: down is the way out of a state file gone bad.
         log(f"{exc}; stopping whatever runs")
         state = None
+    rotation.stop(stack)
     monitoring.stop(stack)
     nginx.stop(stack)
     gunicorn.stop(stack)
@@ -319,6 +331,17 @@ def migrate(stack: Stack) -> None:
     log("migrated")
 
 
+def rotate_logs(stack: Stack, *, watch: bool) -> None:
+    """`make rotate-logs`: every log with anything in it, now; with `watch`, the rotator
+    `up` starts, by size, until SIGTERM."""
+    size, keep = stack.settings.log_rotate_size, stack.settings.log_keep
+    if watch:
+        rotation.watch(stack, size, keep)
+        return
+    rotated = rotation.rotate(stack, size, keep, every=True)
+    log(f"rotated: {', '.join(rotated) or 'nothing (every log is empty)'}")
+
+
 def dev(stack: Stack) -> None:
     """`make dev`: one uvicorn process with auto-reload on 127.0.0.1:8000, as the app role of
     the database this stack runs on (else DATABASE_URL)."""
@@ -337,12 +360,16 @@ def main() -> None:
     for name in ("up", "down", "status", "logs", "reload", "migrate", "dev"):
         commands.add_parser(name)
     commands.add_parser("scale").add_argument("workers", type=int)
+    rotate = commands.add_parser("rotate-logs")
+    rotate.add_argument("--watch", action="store_true", help="by size, every second")
     args = parser.parse_args()
     os.umask(0o077)
     stack = Stack.from_environment()
     try:
         if args.command == "scale":
             gunicorn.scale(stack, args.workers)
+        elif args.command == "rotate-logs":
+            rotate_logs(stack, watch=args.watch)
         else:
             commands_by_name = {
                 "up": up,

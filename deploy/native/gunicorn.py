@@ -62,7 +62,13 @@ def start(stack: Stack, env: dict[str, str], workers: int) -> int:
     # Its own directory, which only its group may enter: nginx's workers, whose group it is.
     # The socket in it is 0770; the rest is gunicorn's alone (made under a umask of 077).
     accounts.own(stack.layout.gunicorn_dir, service, 0o750 if service is not None else 0o700)
-    process = spawn(stack.layout.app_log, argv, env=env, account=service)
+    # Its log, which it reopens (as its own user) when the rotator renames it.
+    app_log = stack.layout.app_log
+    app_log.touch(mode=0o600)
+    if service is not None:
+        os.chown(app_log, service.uid, service.gid)
+    env = {**env, "LOG_FILE": str(app_log)}
+    process = spawn(app_log, argv, env=env, account=service)
 
     def fail_if_exited() -> None:
         # Its last lines say why: a refused connection budget, a bad setting, an import error.

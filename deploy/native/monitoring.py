@@ -105,6 +105,7 @@ def start_prometheus(stack: Stack) -> None:
             binary,
             f"--config.file={directory / 'prometheus.yml'}",
             f"--storage.tsdb.path={directory / 'data'}",
+            f"--storage.tsdb.retention.size={settings.prometheus_retention_size}",
             f"--web.listen-address=127.0.0.1:{settings.prometheus_port}",
         ],
     )

@@ -7,10 +7,32 @@ nothing in the image reads them.
 import ipaddress
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 
 from deploy.native.roles import known_role, roles_help
 from service.config import Pooler, RunDirSettings, setting
+
+
+def parse_size(text: object) -> int:
+    """LOG_ROTATE_SIZE: bytes, or a number with a K, M or G suffix (powers of 1024)."""
+    if isinstance(text, int):
+        size = text
+    else:
+        cleaned = str(text).strip().upper().removesuffix("B")
+        factor = 1
+        for suffix, power in (("K", 1), ("M", 2), ("G", 3)):
+            if cleaned.endswith(suffix):
+                cleaned, factor = cleaned[:-1], 1024**power
+                break
+        try:
+            size = int(float(cleaned) * factor)
+        except ValueError:
+            msg = f"{text!r} is not a size: bytes, or a number with K, M or G (10M)"
+            raise ValueError(msg) from None
+    if size < 1024:
+        msg = f"{text!r} is below 1K: every few lines would start a new file"
+        raise ValueError(msg)
+    return size
 
 
 def cidrs(value: str) -> str:
@@ -98,6 +120,21 @@ class StackSettings(RunDirSettings):
         "DATABASE_URL's role may create roles, else the workers use DATABASE_URL (refused "
         "with ENVIRONMENT=production)",
         per_deployment=False,
+    )
+    log_rotate_size: Annotated[int, BeforeValidator(parse_size)] = setting(
+        "100M",
+        "each log under .run/logs/ is rotated once it reaches this size: bytes, or with a K, M "
+        "or G suffix (the rotator checks every second)",
+        per_deployment=False,
+    )
+    log_keep: int = setting(
+        5, "rotated files kept of each log; the oldest is deleted", per_deployment=False, ge=1
+    )
+    prometheus_retention_size: str = setting(
+        "1GB",
+        "Prometheus deletes its oldest data past this size (--storage.tsdb.retention.size, "
+        "with its own units: KB, MB, GB); its 15-day time limit still holds",
+        pattern=r"^[0-9]+(B|KB|MB|GB|TB)$",
     )
     app_upstream: str | None = setting(
         None,

@@ -7,14 +7,17 @@ the `process_*` collectors, so per-worker CPU and memory are sampled here.
 
 import asyncio
 import contextlib
+import functools
 import os
 import platform
 import resource
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from pathlib import Path
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client import generate_latest as generate_single_process
 
+from service.config import RunDirSettings, load
 from service.observability import metrics_store
 from service.runtime.cgroups import cpu_allowance
 
@@ -165,4 +168,10 @@ async def render_metrics() -> bytes:
     if directory is None:
         return generate_single_process(REGISTRY)
     # Reading the files is blocking I/O: keep it off the event loop.
-    return await asyncio.to_thread(metrics_store.render, directory)
+    return await asyncio.to_thread(metrics_store.render, directory, (_run_dir(),))
+
+
+@functools.cache
+def _run_dir() -> Path:
+    """The run directory, whose filesystem's free space /metrics reports."""
+    return load(RunDirSettings).run_dir

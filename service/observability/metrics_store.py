@@ -10,12 +10,15 @@ counts both in the archive and in its own file: totals stay exact.
 
 import fcntl
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, generate_latest, multiprocess, values
+from prometheus_client import CollectorRegistry, Metric, generate_latest, multiprocess, values
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.registry import Collector
 
 ARCHIVED_TYPES = ("counter", "histogram")
 
@@ -30,10 +33,41 @@ def _locked(directory: Path, operation: int) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def render(directory: Path) -> bytes:
-    """The exposition text of every live and dead worker's metrics, summed."""
+class DiskCollector(Collector):
+    """Free and total bytes of the filesystem of each path, read at each scrape: the alert on
+    low free disk (DiskSpaceLow) watches the run directory, where the private cluster, the
+    logs and Prometheus's data live."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = paths
+
+    def collect(self) -> Iterator[Metric]:
+        free = GaugeMetricFamily(
+            "stack_disk_free_bytes",
+            "Bytes an unprivileged process may still write on the filesystem of path",
+            labels=["path"],
+        )
+        size = GaugeMetricFamily(
+            "stack_disk_size_bytes", "Size of the filesystem of path, in bytes", labels=["path"]
+        )
+        for path in self.paths:
+            try:
+                usage = shutil.disk_usage(path)
+            except OSError:  # not there (a container without a run directory)
+                continue
+            free.add_metric([str(path)], usage.free)
+            size.add_metric([str(path)], usage.total)
+        yield free
+        yield size
+
+
+def render(directory: Path, disk_paths: Sequence[Path] = ()) -> bytes:
+    """The exposition text of every live and dead worker's metrics, summed, and the free space
+    of `disk_paths`."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=str(directory))
+    if disk_paths:
+        registry.register(DiskCollector(disk_paths))
     with _locked(directory, fcntl.LOCK_SH):
         return generate_latest(registry)
 

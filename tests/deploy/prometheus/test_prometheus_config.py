@@ -35,6 +35,8 @@ APP_METRICS = {
     "app_workers_live",
     "gunicorn_workers_configured",
     "app_build_info",
+    "stack_disk_free_bytes",
+    "stack_disk_size_bytes",
 }
 APP_HISTOGRAMS = {"http_request_duration_seconds", "db_pool_wait_seconds"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
@@ -43,6 +45,7 @@ PROMETHEUS_METRICS = {"up"}
 EXPORTER_PREFIX = "nginx_"
 
 REQUIRED_ALERTS = {
+    "DiskSpaceLow",
     "HighErrorRatio",
     "HighLatencyP99",
     "DatabasePoolSaturated",

@@ -55,6 +55,9 @@ bind = [SETTINGS.gunicorn_bind or f"unix:{LAYOUT.gunicorn_socket}"]
 umask = 0o007
 backlog = 2048
 pidfile = str(LAYOUT.gunicorn_pidfile)
+# gunicorn's control socket (0600), in its own directory: by default it is one per user's
+# home, shared by every stack on the host, and the service user has no home.
+control_socket = str(LAYOUT.gunicorn_dir / "control.sock")
 forwarded_allow_ips = SETTINGS.forwarded_allow_ips or (
     "*" if bind[0].startswith("unix:") else "127.0.0.1"
 )

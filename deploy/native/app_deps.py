@@ -56,12 +56,15 @@ def install(app_path: Path) -> None:
     with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="stack-pins-") as constraints:
         constraints.write("\n".join(pins) + "\n")
         constraints.flush()
+        # Code, not secrets: readable by the user the workers run as, whatever the runner's
+        # own umask (077).
         result = subprocess.run(
             [uv, "pip", "install", "--python", sys.executable, "-r", str(wanted),
              "-c", constraints.name],
             capture_output=True,
             text=True,
             check=False,
+            umask=0o022,
         )  # fmt: skip
     if result.returncode != 0:
         fail(

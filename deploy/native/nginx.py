@@ -51,6 +51,14 @@ def render(stack: Stack) -> bool:
         exempt_geo(stack.settings.rate_limit_exempt)
     )
     rendered = PLACEHOLDER.sub(lambda match: filled[match.group(1)], template)
+    workers = accounts.nginx_workers(stack.settings.nginx_user)
+    if workers is not None:
+        # As root: the workers as NGINX_USER (not nginx's built-in nobody), in the service
+        # user's group, the one group that may reach gunicorn's socket. In the file, not on
+        # the command line: an `nginx -t` by hand would give the workers' temporary
+        # directories to whichever user it was told, and break the running workers' uploads.
+        service = accounts.account(stack.settings.service_user)
+        rendered = f"user {workers.name} {accounts.group_name(service.gid)};\n" + rendered
     previous = conf.read_text() if conf.exists() else None
     conf.write_text(rendered)
     result = run(stack, "-t", capture=True)
@@ -66,14 +74,7 @@ def run(stack: Stack, *args: str, capture: bool = False) -> subprocess.Completed
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     layout = stack.layout
     argv = [binary, "-p", str(layout.nginx_dir), "-c", str(layout.nginx_conf)]
-    argv += ["-e", str(layout.nginx_error_log)]
-    workers = accounts.nginx_workers(stack.settings.nginx_user)
-    if workers is not None:
-        # As root: the workers as NGINX_USER (not nginx's built-in nobody), in the service
-        # user's group, the one group that may reach gunicorn's socket.
-        service = accounts.account(stack.settings.service_user)
-        argv += ["-g", f"user {workers.name} {accounts.group_name(service.gid)};"]
-    argv += args
+    argv += ["-e", str(layout.nginx_error_log), *args]
     return subprocess.run(argv, capture_output=capture, text=True, check=False)
 
 

@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 
+import httpx
 import psutil
 import pytest
 
@@ -77,3 +78,19 @@ def test_gunicorns_socket_is_for_nginxs_workers_alone(stack: Stack) -> None:
         refused = as_user(user, sys.executable, "-c", connect, str(socket))
         assert refused.returncode != 0, user
         assert "PermissionError" in refused.stderr, refused.stderr
+
+
+def test_an_nginx_t_by_hand_leaves_the_workers_uploads_working(stack: Stack) -> None:
+    """nginx hands its temporary directories to the user its config names; the user is in
+    the rendered file, so an operator's `nginx -t` on it keeps them the workers'."""
+    conf = stack.layout.nginx_conf
+    checked = subprocess.run(
+        ["nginx", "-t", "-p", str(conf.parent), "-c", str(conf)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    owner = pwd.getpwuid((conf.parent / "client_body").stat().st_uid).pw_name
+    assert owner == NGINX_USER
+    # A body past nginx's memory buffer goes through a temporary file: still answered.
+    answer = httpx.post(f"{stack.url}/api/v1/notes", json={"text": "x" * 60_000}, timeout=30)
+    assert answer.status_code == 422, answer.text

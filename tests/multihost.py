@@ -138,8 +138,11 @@ class Topology:
         )
         return pooled.render_as_string(hide_password=False)
 
-    def env(self, host: Host) -> dict[str, str]:
-        """What the operator sets on `host`."""
+    def env(self, host: Host, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """What the operator sets on `host` (and `extra`)."""
+        return {**self._env(host), **(extra or {})}
+
+    def _env(self, host: Host) -> dict[str, str]:
         common = {
             **os.environ,
             **self.app_env,
@@ -183,9 +186,9 @@ class Topology:
         """`make up` on `host` (again, after a kill): returns once its part answers."""
         host.stack("up", self.env(host))
 
-    def reload(self, host: Host) -> None:
-        """`make reload` on `host`."""
-        host.stack("reload", self.env(host))
+    def reload(self, host: Host, extra: dict[str, str] | None = None) -> None:
+        """`make reload` on `host`, with `extra` settings."""
+        host.stack("reload", self.env(host, extra))
 
     def status(self, host: Host) -> subprocess.CompletedProcess[str]:
         """`make status` on `host` (exit 3 when its part is down)."""

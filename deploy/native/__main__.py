@@ -27,12 +27,14 @@ from sqlalchemy.engine import make_url
 from deploy.native import (
     accounts,
     app_deps,
+    firewall,
     gunicorn,
     monitoring,
     nginx,
     pgbouncer,
     postgres,
     rotation,
+    tls,
 )
 from deploy.native.processes import (
     StackError,
@@ -87,6 +89,8 @@ def _refuse_what_this_host_cannot_serve(stack: Stack) -> None:
             fail("an app host serves the proxy host: set GUNICORN_BIND=<this host's address>:8000")
     if role.runs(Part.PROXY) and not role.runs(Part.APP) and not stack.settings.app_upstream:
         fail("a proxy host needs its app hosts: set APP_UPSTREAM=<name of every app host>:8000")
+    if role.runs(Part.PROXY) and stack.settings.tls == "files":
+        tls.checked_files(stack.settings.tls_cert, stack.settings.tls_key)
 
 
 def _start(stack: Stack, part: Part) -> None:
@@ -98,6 +102,7 @@ def _start(stack: Stack, part: Part) -> None:
             if not stack.role.runs(Part.DATABASE):
                 _remote_database(stack)
             _gunicorn(stack)
+            _admit_only_the_proxy(stack)
         case Part.PROXY:
             nginx.start(stack)
             monitoring.start_exporter(stack)
@@ -122,6 +127,31 @@ def _gunicorn(stack: Stack) -> None:
     master = gunicorn.start(stack, env, workers)
     log(f"gunicorn: master {master}, {workers} workers ready")
     gunicorn.check_measured_budget(stack, master, workers)
+
+
+def _routable_port() -> int | None:
+    """The port gunicorn listens on at a routable address (GUNICORN_BIND), if it does."""
+    bind = load(GunicornSettings).gunicorn_bind
+    if not bind or bind.startswith("unix:"):
+        return None
+    host, _, port = bind.rpartition(":")
+    return None if host in ("127.0.0.1", "localhost", "[::1]") else int(port)
+
+
+def _admit_only_the_proxy(stack: Stack) -> None:
+    """An app host serving a routable address: only its proxy may connect (deploy.native.
+    firewall), when started as root and FORWARDED_ALLOW_IPS names it."""
+    port = _routable_port()
+    sources = firewall.allowed_sources(load(GunicornSettings).forwarded_allow_ips)
+    if port is None or not stack.role.runs(Part.APP):
+        return
+    if os.geteuid() != 0 or not sources:
+        log(
+            f"warning: gunicorn's port {port} is open to whoever reaches this host: set "
+            "FORWARDED_ALLOW_IPS to the proxy's address, and start as root, to admit it alone"
+        )
+        return
+    firewall.admit_only(port, sources)
 
 
 def _remote_database(stack: Stack) -> None:
@@ -164,6 +194,12 @@ def _urls(stack: Stack) -> list[tuple[str, str]]:
                 ("nginx", f"{stack.ops_url}/stub_status"),
                 ("prometheus", stack.prometheus_url),
             ]
+            settings = stack.settings
+            if settings.tls != "off":
+                https = f"https://{settings.listen_address}:{settings.https_port}"
+                urls.insert(1, ("https", f"{https}/"))
+            if settings.tls == "self-signed":
+                urls.insert(2, ("tls ca", str(stack.layout.tls_dir / "ca.pem")))
         case Part.APP:
             urls = [("readyz", str(_readiness_url(stack)))]
         case Part.DATABASE:
@@ -227,6 +263,9 @@ def down(stack: Stack) -> None:
     monitoring.stop(stack)
     nginx.stop(stack)
     gunicorn.stop(stack)
+    port = _routable_port()
+    if port is not None and os.geteuid() == 0:
+        firewall.remove(port)
     pgbouncer.stop(stack)
     private = state is not None and state.private_postgres
     if private or (stack.layout.postgres_dir / "postmaster.pid").exists():

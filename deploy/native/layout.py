@@ -67,6 +67,11 @@ class RunLayout(GunicornLayout):
         return self.root / "postgres"
 
     @property
+    def tls_dir(self) -> Path:
+        """TLS=self-signed: the local CA (ca.pem, for clients to trust) and the certificate."""
+        return self.root / "tls"
+
+    @property
     def secrets_dir(self) -> Path:
         """The database roles' passwords and verifiers (deploy.native.secrets), mode 0700."""
         return self.root / "secrets"

@@ -5,7 +5,7 @@ import shutil
 import signal
 import subprocess
 
-from deploy.native import accounts
+from deploy.native import accounts, tls
 from deploy.native.processes import fail, log, read_pid, stop_process, wait_for
 from deploy.native.state import Stack
 from service.config import ROOT
@@ -47,9 +47,15 @@ def render(stack: Stack) -> bool:
         fail(f"nginx.conf has placeholders native mode does not fill: {sorted(missing)}")
     conf = stack.layout.nginx_conf
     conf.parent.mkdir(parents=True, exist_ok=True)
-    (conf.parent / "rate-limit-exempt.conf").write_text(
-        exempt_geo(stack.settings.rate_limit_exempt)
-    )
+    # The files nginx.conf includes: a change to either is a change to the config.
+    included = {
+        conf.parent / "rate-limit-exempt.conf": exempt_geo(stack.settings.rate_limit_exempt),
+        conf.parent / "tls.conf": tls.config(stack),
+    }
+    kept = {path: path.read_text() for path in included if path.exists()}
+    for path, text in included.items():
+        path.write_text(text)
+    includes_changed = any(kept.get(path) != text for path, text in included.items())
     rendered = PLACEHOLDER.sub(lambda match: filled[match.group(1)], template)
     workers = accounts.nginx_workers(stack.settings.nginx_user)
     if workers is not None:
@@ -65,8 +71,10 @@ def render(stack: Stack) -> bool:
     if result.returncode != 0:
         if previous is not None:
             conf.write_text(previous)
+        for path, text in kept.items():
+            path.write_text(text)
         fail(f"nginx -t failed, the running config is unchanged:\n{result.stderr}")
-    return rendered != previous
+    return rendered != previous or includes_changed
 
 
 def run(stack: Stack, *args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:

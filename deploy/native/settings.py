@@ -5,7 +5,8 @@ nothing in the image reads them.
 """
 
 import ipaddress
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator
 
@@ -135,6 +136,24 @@ class StackSettings(RunDirSettings):
         "Prometheus deletes its oldest data past this size (--storage.tsdb.retention.size, "
         "with its own units: KB, MB, GB); its 15-day time limit still holds",
         pattern=r"^[0-9]+(B|KB|MB|GB|TB)$",
+    )
+    tls: Literal["off", "self-signed", "files"] = setting(
+        "off",
+        "TLS at nginx: `self-signed` (a local CA, .run/tls/ca.pem, and a certificate for this "
+        "host's names), `files` (TLS_CERT, TLS_KEY); HTTPS on HTTPS_PORT, HSTS, plain HTTP "
+        "redirected but for the probes",
+        per_deployment=False,
+    )
+    tls_cert: Path | None = setting(
+        None, "TLS=files: the certificate chain, PEM, leaf first", per_deployment=False
+    )
+    tls_key: Path | None = setting(None, "TLS=files: its private key, PEM", per_deployment=False)
+    https_port: int = setting(
+        8443,
+        "nginx's HTTPS server, on LISTEN_ADDRESS, with TLS on",
+        ge=1,
+        le=65535,
+        per_deployment=False,
     )
     app_upstream: str | None = setting(
         None,

@@ -8,6 +8,7 @@ named by APP, APP_PATH, MIGRATIONS and STACK_NAME on every host, as its operator
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -71,7 +72,8 @@ def reads_served(net: Topology) -> dict[str, float]:
     """GETs of one item each app host has answered, from its own /metrics (all its workers)."""
     served = {}
     for app in net.apps:
-        text = httpx.get(f"http://{app.address}:{APP_PORT}/metrics", timeout=10).text
+        # From the proxy host: the app hosts admit no one else (deploy/native/firewall.py).
+        text = net.proxy.fetch(f"http://{app.address}:{APP_PORT}/metrics")
         served[app.address] = value(
             parse(text), "http_requests_total", method="GET", route=READ_ROUTE
         )
@@ -253,6 +255,38 @@ async def test_postgres_sees_at_most_pgbouncers_server_pool(multihost_stack: Top
     assert not load.result.unexpected(), load.result.counts()
     assert max(samples) <= SERVER_POOL, samples
     assert max(samples) >= 2, samples  # the load did reach the database through the pool
+
+
+def test_the_app_hosts_admit_only_the_proxy(multihost_stack: Topology) -> None:
+    """Whoever else reaches an app host's address is reset: nothing skips nginx (its limits,
+    body size, TLS) to the app or its /metrics. The proxy's nginx and Prometheus get in."""
+    net = multihost_stack
+    for app in net.apps:
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://{app.address}:{APP_PORT}/healthz", timeout=5)
+        assert json.loads(net.proxy.fetch(f"http://{app.address}:{APP_PORT}/healthz")) == {
+            "status": "ok"
+        }
+    assert httpx.get(f"{net.url}/readyz", timeout=30).status_code == 200
+
+
+def test_the_proxy_serves_tls_after_a_reload_with_it_on(multihost_stack: Topology) -> None:
+    """`make reload TLS=self-signed` on the proxy: HTTPS on its routable address, verified
+    against the CA it made, HSTS, plain HTTP redirected; then back to plain HTTP."""
+    net = multihost_stack
+    https = f"https://{net.proxy.address}:8443"
+    try:
+        net.reload(net.proxy, {"TLS": "self-signed"})
+        context = ssl.create_default_context(cafile=net.proxy.layout.tls_dir / "ca.pem")
+        answer = httpx.get(f"{https}{ITEMS}", verify=context, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["strict-transport-security"] == "max-age=63072000"
+        plain = httpx.get(f"{net.url}{ITEMS}", timeout=30)
+        assert plain.status_code == 308
+        assert plain.headers["location"] == f"{https}{ITEMS}"
+    finally:
+        net.reload(net.proxy)
+    assert httpx.get(f"{net.url}{ITEMS}", timeout=30).status_code == 200
 
 
 def test_the_proxy_runs_the_repos_nginx_conf_with_both_hosts_upstream(

@@ -43,6 +43,10 @@ test-containers: install deps ## The tests of the built image, with the real Doc
 image: install ## Build the service image with the real engine, offline from a local base where no registry answers [APP_PATH=dir]
 	$(RUN) python -m deploy.image $(if $(APP_PATH),--app-path $(APP_PATH))
 
+.PHONY: audit
+audit: install ## Known vulnerabilities in uv.lock (pip-audit --strict: what the service cannot answer for fails too), then the container and manifest checks [AUDIT_SERVICE=pypi|osv]
+	$(RUN_SYNCED) python -m deploy.audit $(if $(AUDIT_SERVICE),--service $(AUDIT_SERVICE))
+
 .PHONY: test-fast
 test-fast: install ## The tests that need no database and no server, in seconds
 	$(RUN_SYNCED) pytest -m "not database and not stack and not containers"

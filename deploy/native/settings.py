@@ -125,11 +125,13 @@ class StackSettings(RunDirSettings):
     log_rotate_size: Annotated[int, BeforeValidator(parse_size)] = setting(
         "100M",
         "each log under .run/logs/ is rotated once it reaches this size: bytes, or with a K, M "
-        "or G suffix (the rotator checks every second)",
-        per_deployment=False,
+        "or G suffix (the rotator checks every second); Compose gives it to Docker's json-file "
+        "driver",
     )
     log_keep: int = setting(
-        5, "rotated files kept of each log; the oldest is deleted", per_deployment=False, ge=1
+        5,
+        "rotated files kept of each log; the oldest is deleted (Compose: files in all)",
+        ge=1,
     )
     prometheus_retention_size: str = setting(
         "1GB",

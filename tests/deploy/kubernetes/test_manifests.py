@@ -359,6 +359,26 @@ def test_no_inline_secrets(objects: tuple[Object, ...]) -> None:
             assert not re.search(r"password\s*=|://[^/@\s]*@", text, re.IGNORECASE)
 
 
+def test_the_app_and_the_migration_log_in_as_different_roles(
+    objects: tuple[Object, ...],
+) -> None:
+    """Two roles (docs/security.md): the Job migrates as the owner, the pods serve as the app
+    role; each URL from its own key, and the docs say which role each is and how to make them."""
+    pods = pod_templates(objects)
+    keys = {
+        component: env(spec)["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"]
+        for component, pod in pods.items()
+        for spec in pod["spec"]["containers"]
+        if "DATABASE_URL" in env(spec)
+    }
+    (app_key,) = {key for component, key in keys.items() if component.endswith("app")}
+    (migrate_key,) = {key for component, key in keys.items() if component.endswith("migrate")}
+    assert app_key != migrate_key
+    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    assert "deploy/postgres/grant-app-role.sql" in docs
+    assert "postgresql+asyncpg://notes_app:" in docs
+
+
 def _peers(rule_peers: list[Object] | None, pods: dict[str, Pod]) -> set[str]:
     """What a list of NetworkPolicy peers admits: components, "prometheus", "dns" or "anyone"."""
     if not rule_peers:

@@ -116,6 +116,10 @@ else
 	$(STACK) logs
 endif
 
+.PHONY: seed
+seed: install ## Add ROWS notes to the running stack's database, a million per statement, with progress: make seed ROWS=10000000
+	$(STACK) seed $(or $(ROWS),$(error make seed needs ROWS=N))
+
 .PHONY: rotate-logs
 rotate-logs: ## Rotate every log under .run/logs/ now; the rotator `make up` starts does it by size [LOG_ROTATE_SIZE=100M LOG_KEEP=5]
 	$(STACK) rotate-logs

@@ -17,6 +17,7 @@ from service.config import Settings, get_settings
 from service.database.connections import create_database
 from service.http.errors import register_error_handlers
 from service.idempotency import service as idempotency
+from service.notes import counts
 from service.notes.router import router as notes_router
 from service.observability import metrics
 
@@ -37,10 +38,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         try:
             with metrics.sampled(database.sample_waiting):
-                async with idempotency.expiring_keys(
-                    database=database,
-                    ttl=settings.idempotency_key_ttl,
-                    interval=settings.idempotency_cleanup_interval,
+                async with (
+                    idempotency.expiring_keys(
+                        database=database,
+                        ttl=settings.idempotency_key_ttl,
+                        interval=settings.idempotency_cleanup_interval,
+                    ),
+                    counts.folding(database=database),
                 ):
                     yield {"database": database, "settings": settings}
         finally:

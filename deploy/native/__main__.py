@@ -34,6 +34,7 @@ from deploy.native import (
     pgbouncer,
     postgres,
     rotation,
+    seed,
     tls,
 )
 from deploy.native.processes import (
@@ -399,6 +400,9 @@ def main() -> None:
     for name in ("up", "down", "status", "logs", "reload", "migrate", "dev"):
         commands.add_parser(name)
     commands.add_parser("scale").add_argument("workers", type=int)
+    seeding = commands.add_parser("seed")
+    seeding.add_argument("rows", type=int)
+    seeding.add_argument("--batch", type=int, default=seed.BATCH, help="rows per statement")
     rotate = commands.add_parser("rotate-logs")
     rotate.add_argument("--watch", action="store_true", help="by size, every second")
     args = parser.parse_args()
@@ -407,6 +411,8 @@ def main() -> None:
     try:
         if args.command == "scale":
             gunicorn.scale(stack, args.workers)
+        elif args.command == "seed":
+            seed.run(stack.service_env()["DATABASE_URL"], args.rows, args.batch)
         elif args.command == "rotate-logs":
             rotate_logs(stack, watch=args.watch)
         else:

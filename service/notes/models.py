@@ -1,4 +1,4 @@
-"""The notes table."""
+"""The notes table, and its counts."""
 
 from sqlalchemy import (
     BigInteger,
@@ -30,6 +30,17 @@ notes = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint(f"char_length(text) BETWEEN 1 AND {TEXT_MAX_LENGTH}", name="text_length"),
-    # Serves the filtered list (completed = ? AND id > ? ORDER BY id) and the stats counts.
+    # Serves the filtered list (completed = ? AND id > ? ORDER BY id).
     Index(None, "completed", "id"),
+)
+
+# The notes' counts as written: a row of net changes per writing statement, added by triggers
+# on notes in the write's own transaction, folded into one by the app every second
+# (migrations/versions/2026-12-06_count_notes_as_written.py, service.notes.counts).
+note_count_deltas = Table(
+    "note_count_deltas",
+    metadata,
+    Column("id", BigInteger, Identity(always=True), primary_key=True),
+    Column("total", BigInteger, nullable=False),
+    Column("completed", BigInteger, nullable=False),
 )

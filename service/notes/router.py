@@ -17,7 +17,7 @@ from service.http.openapi import error_responses
 from service.http.precompiled import PrecompiledRoute
 from service.idempotency import service as idempotency
 from service.idempotency.dependencies import IdempotencyKeyHeader, idempotent_request
-from service.notes import service
+from service.notes import counts, service
 from service.notes.etag import etag_for, parse_if_match
 from service.notes.schemas import Note, NoteCreate, NotePage, NoteReplace, NoteStats, NoteUpdate
 from service.notes.service import NoteRow
@@ -91,7 +91,7 @@ def _note_response(row: NoteRow, *, status_code: int = 200) -> Response:
 @router.get("/stats", response_model=NoteStats, responses=error_responses(503))
 async def note_stats(database: DatabaseDep) -> Response:
     """Count notes by state, from one snapshot."""
-    return _json((await service.count_notes(database=database)).model_dump())
+    return _json((await counts.note_stats(database=database)).model_dump())
 
 
 @router.get("/{note_id}", response_model=Note, responses=error_responses(404, 503, etag=True))

@@ -6,13 +6,12 @@ the connection the caller holds (`service.idempotency.service.run`): in autocomm
 transaction that stores an Idempotency-Key with the write.
 """
 
-import time
 from collections.abc import Mapping
 from functools import cache
 from typing import Any, cast
 
 import asyncpg
-from sqlalchemy import BigInteger, any_, bindparam, delete, func, insert, select, update
+from sqlalchemy import BigInteger, any_, bindparam, delete, insert, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from service.database.connections import Database
@@ -20,8 +19,7 @@ from service.database.statements import Query, compiled
 from service.notes.etag import IfMatch
 from service.notes.exceptions import NoteNotFoundError, NoteVersionMismatchError
 from service.notes.models import notes
-from service.notes.schemas import NoteCreate, NoteStats
-from service.observability.timing import record_timing
+from service.notes.schemas import NoteCreate
 
 # A row of the notes table as asyncpg returns it: id, text, completed, version, created_at,
 # updated_at, by name.
@@ -42,12 +40,6 @@ _INSERT_NOTE = compiled(
     insert(notes)
     .values(text=bindparam("new_text"), completed=bindparam("new_completed"))
     .returning(*_NOTE_COLUMNS)
-)
-_COUNTS = compiled(
-    select(
-        func.count().filter(notes.c.completed).label("completed"),
-        func.count().filter(~notes.c.completed).label("open"),
-    ).select_from(notes)
 )
 
 
@@ -139,22 +131,6 @@ async def delete_note(
     arguments = query.arguments(note_id=note_id, versions=_versions(if_match))
     if await connection.fetchrow(query.sql, *arguments) is None:
         raise await _missing_or_changed(connection=connection, note_id=note_id)
-
-
-async def count_notes(*, database: Database) -> NoteStats:
-    """Count completed and open notes in one statement.
-
-    One statement sees one snapshot, so a note changing state while it runs is counted once,
-    and `total` is their sum: the three numbers always agree. It takes one connection, so
-    stats requests never hold one while they wait for a second (two counts fanned out on two
-    connections made every stats request queue twice, and queue behind each other).
-    """
-    started = time.perf_counter()
-    async with database.connection() as connection:
-        row = await connection.fetchrow(_COUNTS.sql)
-    record_timing("db", time.perf_counter() - started)
-    completed, open_ = int(row["completed"]), int(row["open"])
-    return NoteStats(total=completed + open_, completed=completed, open=open_)
 
 
 def _versions(if_match: IfMatch | None) -> list[int]:

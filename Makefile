@@ -181,7 +181,7 @@ bench-scaling: install ## The scaling lab's gate on the running stack: 1 2 4 8 w
 		--run-time 10 --warmup 4 --processes 2 --check $(GATE_FLAGS)
 
 # The benchmarks `make bench` runs, in order (loadtest/bench/<name>.py): BENCH=stack runs one.
-BENCH ?= endpoints instructions stack observer log_line
+BENCH ?= endpoints instructions stack observer log_line statements
 .PHONY: bench
 bench: install ## Side-by-side benchmarks, every ratio printed: the service against hand-written FastAPI and Starlette, the stack against uvicorn --workers N [BENCH=stack] [BENCH_FLAGS="--rounds 9"]
 	deploy/native/install-deps wrk pgbouncer valgrind

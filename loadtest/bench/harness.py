@@ -228,6 +228,8 @@ def bench_database(rows: int) -> Iterator[BenchDatabase]:
         yield database
     finally:
         asyncio.run(_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        # The app role a stack's `up` made for it (deploy.native.postgres), if one ran on it.
+        asyncio.run(_execute(admin, f'DROP ROLE IF EXISTS "{name}_app"'))
 
 
 async def _execute(dsn: str, statement: str, *args: object) -> None:

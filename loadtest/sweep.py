@@ -37,6 +37,7 @@ from deploy.native.processes import children
 from deploy.native.state import Stack
 from deploy.prometheus.client import SCRAPE_INTERVAL_SECONDS, Prometheus
 from loadtest import sweep_gate, sweep_report
+from loadtest.database_size import database_size
 from loadtest.plan import Step, capacity_plan, knee_count, predicted_knee, recommend
 from loadtest.run import load_generator_saturated
 from loadtest.sweep_config import SweepConfig, parse_args
@@ -116,7 +117,9 @@ def conclude(
     steps = [median_step([s for s in measured if s.workers == n]) for n in config.counts]
     chosen, reason = recommend(steps, config.max_p99_ms, config.max_failure_ratio)
     cores = config.plan_cores or usable_cpus()
-    budget = connection_budget(Stack.from_environment().app_settings(), chosen.workers)
+    stack = Stack.from_environment()
+    budget = connection_budget(stack.app_settings(), chosen.workers)
+    size = database_size(stack.service_env()["DATABASE_URL"])
     knee = predicted_knee(steps)
     notes = []
     if any(load_generator_saturated(s.locust_cpu, s.locust_processes) for s in steps):
@@ -154,6 +157,7 @@ def conclude(
             f"{utc(started):%Y-%m-%d %H:%M:%S} to {utc(finished):%H:%M:%S} UTC."
         ),
         rounds=measured if config.rounds > 1 else [],
+        database=size.describe() if size else "The database's size could not be read.",
     )
 
 

@@ -38,6 +38,7 @@ class Report:
     rows: list[tuple[str, Path]] = field(default_factory=list)  # dashboard rows rendered
     window: str = ""
     rounds: list[Step] = field(default_factory=list)  # every step measured, when in rounds
+    database: str = ""  # how big the database was (loadtest.database_size)
 
 
 def write(report: Report, out_dir: Path) -> str:
@@ -62,6 +63,7 @@ def summary(report: Report) -> dict[str, object]:
         "predicted_knee": report.knee,
         "knee_workers": report.knee_workers,
         "plan": asdict(report.plan) if report.plan is not None else None,
+        "database": report.database,
     }
 
 
@@ -226,7 +228,10 @@ def markdown(report: Report) -> str:
     lines += ["", report.budget[:1].upper() + report.budget[1:], "", "## Capacity plan", ""]
     if report.plan is not None:
         lines += [f"- {line}" for line in report.plan.describe()]
-    lines += ["", report.plan_note, "", "## Charts", ""]
+    lines += ["", report.plan_note]
+    if report.database:
+        lines += ["", report.database]
+    lines += ["", "## Charts", ""]
     lines += ["![throughput](throughput.png) ![p99](p99.png)", "", "![CPU](cpu.png)"]
     if report.rows:
         lines += ["", "## The dashboard over the sweep", ""]

@@ -56,6 +56,10 @@ def test_sweep_measures_each_worker_count_and_recommends(stack: Stack, tmp_path:
     assert "ms of CPU per request" in report
     assert "no data" not in report, report  # every panel of every dashboard row drew
     assert "caps predict" not in report  # uncapped: no knee to predict
+    # The size it was measured at, read from the workers' own database.
+    size = re.search(r"Measured on a database of [\d.,]+ [kMG]?B \(.*notes ≈ [\d,]+ rows", report)
+    assert size is not None, report
+    assert json.loads((tmp_path / "summary.json").read_text())["database"].startswith("Measured")
     charts = ["throughput.png", "p99.png", "cpu.png", *(f"row-{row}.png" for row in ROWS)]
     for chart in charts:
         assert (tmp_path / chart).read_bytes()[:8] == PNG, chart

@@ -10,7 +10,8 @@ import asyncio
 from dataclasses import dataclass
 
 import asyncpg
-from sqlalchemy.engine import make_url
+
+from service.database.urls import asyncpg_dsn
 
 _TABLES = """
 SELECT c.relname AS name, greatest(c.reltuples, 0)::bigint AS rows,
@@ -58,8 +59,9 @@ def _size(count: int) -> str:
 
 
 async def _read(database_url: str) -> DatabaseSize:
-    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
-    connection = await asyncpg.connect(dsn, statement_cache_size=0, timeout=10)
+    connection = await asyncpg.connect(
+        asyncpg_dsn(database_url), statement_cache_size=0, timeout=10
+    )
     try:
         total = await connection.fetchval("SELECT pg_database_size(current_database())")
         tables = await connection.fetch(_TABLES)

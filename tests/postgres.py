@@ -20,6 +20,7 @@ import asyncpg
 from sqlalchemy.engine import URL, make_url
 
 from deploy.native.processes import free_port
+from service.database.urls import asyncpg_dsn
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_CLUSTER = ROOT / "deploy" / "native" / "pg-cluster"
@@ -32,11 +33,6 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion from sync code, even inside a running event loop."""
     with ThreadPoolExecutor(max_workers=1) as executor:
         return executor.submit(asyncio.run, coroutine).result()
-
-
-def asyncpg_dsn(url: URL) -> str:
-    """The URL in the plain postgresql:// form asyncpg takes."""
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 async def _answers(url: URL) -> bool:

@@ -25,7 +25,8 @@ from deploy.native.layout import RunLayout
 from deploy.native.processes import alive, children, free_port, port_open, read_pid
 from deploy.native.settings import StackSettings
 from deploy.native.state import Stack as NativeStack
-from tests.postgres import PG_CLUSTER, ROOT, asyncpg_dsn
+from service.database.urls import asyncpg_dsn
+from tests.postgres import PG_CLUSTER, ROOT
 
 
 @dataclass

@@ -58,14 +58,9 @@ def account(name: str) -> Account:
     return Account(name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
 
 
-def service_account(name: str) -> Account | None:
-    """Who gunicorn, Prometheus and the exporter run as: `name` when the runner is root, else
-    None (the runner's own user)."""
-    return account(name) if os.geteuid() == 0 else None
-
-
-def nginx_workers(name: str) -> Account | None:
-    """Who nginx's workers run as: `name` when the runner is root, else None."""
+def unprivileged(name: str) -> Account | None:
+    """The account `name` (made when missing) when the runner is root, to run a process as;
+    None otherwise: the process runs as the runner's own user."""
     return account(name) if os.geteuid() == 0 else None
 
 

@@ -56,7 +56,7 @@ def start(stack: Stack, env: dict[str, str], workers: int) -> int:
         "--config",
         str(ROOT / "gunicorn.conf.py"),
     ]
-    service = accounts.service_account(stack.settings.service_user)
+    service = accounts.unprivileged(stack.settings.service_user)
     interpreter = Path(sys.executable).resolve()
     accounts.readable_by(service, interpreter, ROOT, Path(env.get("APP_PATH") or ROOT))
     # Its own directory, which only its group may enter: nginx's workers, whose group it is.

@@ -26,7 +26,7 @@ DAEMONS = ("prometheus", "nginx-exporter")
 def _start_daemon(stack: Stack, name: str, argv: list[str]) -> int:
     """Start a program that writes no pid file of its own, as the service user, and write
     one for it."""
-    service = accounts.service_account(stack.settings.service_user)
+    service = accounts.unprivileged(stack.settings.service_user)
     pid = spawn(stack.layout.daemon_log(name), argv, account=service).pid
     stack.layout.pidfile(name).write_text(str(pid))
     return pid
@@ -95,7 +95,7 @@ def start_prometheus(stack: Stack) -> None:
         target = directory / "targets" / f"{job}.json"
         target.write_text(json.dumps(group))
         target.chmod(0o644)
-    service = accounts.service_account(stack.settings.service_user)
+    service = accounts.unprivileged(stack.settings.service_user)
     accounts.own(directory / "data", service, 0o700)
     binary = shutil.which("prometheus") or "/usr/bin/prometheus"
     pid = _start_daemon(

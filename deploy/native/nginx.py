@@ -57,7 +57,7 @@ def render(stack: Stack) -> bool:
         path.write_text(text)
     includes_changed = any(kept.get(path) != text for path, text in included.items())
     rendered = PLACEHOLDER.sub(lambda match: filled[match.group(1)], template)
-    workers = accounts.nginx_workers(stack.settings.nginx_user)
+    workers = accounts.unprivileged(stack.settings.nginx_user)
     if workers is not None:
         # As root: the workers as NGINX_USER (not nginx's built-in nobody), in the service
         # user's group, the one group that may reach gunicorn's socket. In the file, not on

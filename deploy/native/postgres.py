@@ -27,15 +27,11 @@ from deploy.native.processes import fail, log, run_helper
 from deploy.native.secrets import Secrets, password_removed
 from deploy.native.state import Stack, StackState
 from service.config import ROOT, load_settings
+from service.database.urls import asyncpg_dsn, quoted
 
 # Only what the app needs: rows, never the schema (one file for every mode).
 GRANT_APP_ROLE = ROOT / "deploy" / "postgres" / "grant-app-role.sql"
 SCHEMA = "public"
-
-
-def ident(name: str) -> str:
-    """`name` as a quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def ensure_database(stack: Stack) -> StackState:
@@ -71,10 +67,6 @@ def _saved(secrets: Secrets, url: URL) -> str:
     return secrets.without_password(url).render_as_string(hide_password=False)
 
 
-def _dsn(url: URL) -> str:
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 async def _provision_private(stack: Stack, database: str, owner: str, app: str) -> None:
     """The private cluster's roles, with the stack's passwords, and its database, owned by
     `owner`; as the superuser, on the socket."""
@@ -87,15 +79,15 @@ async def _provision_private(stack: Stack, database: str, owner: str, app: str) 
             await _login_role(admin, role, verifier)
         exists = await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", database)
         if not exists:
-            await admin.execute(f"CREATE DATABASE {ident(database)} OWNER {ident(owner)}")
-        await admin.execute(f"ALTER DATABASE {ident(database)} OWNER TO {ident(owner)}")
+            await admin.execute(f"CREATE DATABASE {quoted(database)} OWNER {quoted(owner)}")
+        await admin.execute(f"ALTER DATABASE {quoted(database)} OWNER TO {quoted(owner)}")
     finally:
         await admin.close()
     admin = await asyncpg.connect(user="postgres", database=database, **socket)
     try:
         await _hand_over_to(admin, owner)
         # The cluster is the stack's: no one but these two roles gets in, or creates anything.
-        await admin.execute(f"REVOKE ALL ON DATABASE {ident(database)} FROM PUBLIC")
+        await admin.execute(f"REVOKE ALL ON DATABASE {quoted(database)} FROM PUBLIC")
         await admin.execute(f"REVOKE ALL ON SCHEMA {SCHEMA} FROM PUBLIC")
         await grant(admin, database, owner, app)
     finally:
@@ -106,17 +98,17 @@ async def _login_role(connection: asyncpg.Connection, role: str, verifier: str) 
     """`role` as a login role with `verifier` as its password and no other attribute."""
     exists = await connection.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
     if not exists:
-        await connection.execute(f"CREATE ROLE {ident(role)}")
+        await connection.execute(f"CREATE ROLE {quoted(role)}")
     # A verifier, not a password: the server keeps it as it is, and never sees the password.
     await connection.execute(
-        f"ALTER ROLE {ident(role)} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+        f"ALTER ROLE {quoted(role)} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
         f"NOREPLICATION NOBYPASSRLS NOINHERIT PASSWORD '{verifier}'"
     )
 
 
 async def _hand_over_to(connection: asyncpg.Connection, owner: str) -> None:
     """Give `owner` the schema and what an older stack made in it as the superuser."""
-    await connection.execute(f"ALTER SCHEMA {SCHEMA} OWNER TO {ident(owner)}")
+    await connection.execute(f"ALTER SCHEMA {SCHEMA} OWNER TO {quoted(owner)}")
     rows = await connection.fetch(
         """
         SELECT c.relname, c.relkind FROM pg_class c
@@ -131,9 +123,9 @@ async def _hand_over_to(connection: asyncpg.Connection, owner: str) -> None:
     )
     kinds = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE"}
     for row in rows:
-        relation = f"{SCHEMA}.{ident(row['relname'])}"
+        relation = f"{SCHEMA}.{quoted(row['relname'])}"
         await connection.execute(
-            f"ALTER {kinds[row['relkind']]} {relation} OWNER TO {ident(owner)}"
+            f"ALTER {kinds[row['relkind']]} {relation} OWNER TO {quoted(owner)}"
         )
 
 
@@ -142,7 +134,7 @@ def grant_statements(database: str, owner: str, app: str) -> list[str]:
     `database`, whose schema `owner` owns (the same file Compose's database runs)."""
     names = {"database": database, "owner": owner, "app": app}
     lines = [line for line in GRANT_APP_ROLE.read_text().splitlines() if not line.startswith("--")]
-    script = re.sub(r':"(\w+)"', lambda match: ident(names[match[1]]), "\n".join(lines))
+    script = re.sub(r':"(\w+)"', lambda match: quoted(names[match[1]]), "\n".join(lines))
     return [statement.strip() for statement in script.split(";") if statement.strip()]
 
 
@@ -158,7 +150,7 @@ async def _app_role_beside(
     """With DATABASE_URL: the app role's URL (APP_DATABASE_URL's, or `<database>_app` made
     here), granted what it needs; None when the workers must log in as the owner."""
     database = owner_url.database or "postgres"
-    owner_dsn = _dsn(owner_url)
+    owner_dsn = asyncpg_dsn(owner_url)
     explicit = stack.settings.app_database_url
     connection = await asyncpg.connect(owner_dsn)
     try:

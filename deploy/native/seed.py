@@ -10,9 +10,9 @@ import asyncio
 import time
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
 from deploy.native.processes import fail, log
+from service.database.urls import asyncpg_dsn
 
 BATCH = 1_000_000
 _INSERT = """
@@ -23,8 +23,7 @@ SELECT 'seeded note ' || n, n % 3 = 0 FROM generate_series($1::bigint, $2::bigin
 
 async def seed(database_url: str, rows: int, batch_size: int = BATCH) -> None:
     """Add `rows` notes to the database `database_url` names, `batch_size` per statement."""
-    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
-    connection = await asyncpg.connect(dsn, statement_cache_size=0)
+    connection = await asyncpg.connect(asyncpg_dsn(database_url), statement_cache_size=0)
     try:
         started = time.monotonic()
         done = 0

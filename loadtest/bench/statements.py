@@ -22,6 +22,7 @@ import asyncpg
 
 from deploy.native.seed import seed
 from loadtest.bench.harness import bench_database
+from service.database.urls import asyncpg_dsn
 from service.idempotency import service as idempotency
 from service.notes import counts
 from service.notes import service as notes
@@ -97,12 +98,11 @@ async def keys(connection: asyncpg.Connection, count: int, start: int) -> None:
 
 async def measure(url: str, sizes: list[int]) -> dict[str, list[float]]:
     """Each statement's best time in ms at each size."""
-    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
     timings: dict[str, list[float]] = {name: [] for name in statements()}
     seeded = 0
     for size in sizes:
         await seed(url, size - seeded)
-        connection = await asyncpg.connect(dsn, statement_cache_size=0)
+        connection = await asyncpg.connect(asyncpg_dsn(url), statement_cache_size=0)
         try:
             await keys(connection, (size - seeded) // 10, seeded // 10)
             seeded = size

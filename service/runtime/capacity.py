@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from service.config import BudgetSettings, Settings, load
+from service.database.urls import asyncpg_dsn
 from service.runtime.cgroups import cpu_limit
 
 # Connections kept free beside the workers' pools: one for a migration run, the rest for an
@@ -145,9 +146,10 @@ async def server_limits(settings: Settings) -> tuple[int, int]:
 
     Asked without a named prepared statement, so that it also works through PgBouncer.
     """
-    dsn = settings.sqlalchemy_url.replace("postgresql+asyncpg://", "postgresql://", 1)
     connection = await asyncpg.connect(
-        dsn, timeout=settings.db_connect_timeout, statement_cache_size=0
+        asyncpg_dsn(settings.sqlalchemy_url),
+        timeout=settings.db_connect_timeout,
+        statement_cache_size=0,
     )
     try:
         max_connections = int(await connection.fetchval("SHOW max_connections"))

@@ -14,9 +14,9 @@ import sys
 import time
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
 from service.config import ConfigurationError, Settings, WorkerSettings, load
+from service.database.urls import asyncpg_dsn, quoted
 
 # Any constant bigint works; this one spells "stackmig" in ASCII.
 STACK_MIGRATION_LOCK_ID = 0x737461636B6D6967
@@ -43,8 +43,7 @@ async def upgrade(settings: WorkerSettings, database_url: str) -> int:
     if not settings.migrations.is_file():
         msg = f"MIGRATIONS={settings.migrations}: no such file"
         raise ConfigurationError(msg)
-    dsn = make_url(database_url).set(drivername="postgresql").render_as_string(False)
-    connection = await asyncpg.connect(dsn, timeout=30)
+    connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=30)
     try:
         started = time.monotonic()
         await connection.execute("SELECT pg_advisory_lock($1)", STACK_MIGRATION_LOCK_ID)
@@ -79,11 +78,6 @@ async def keep_the_version_table_to_the_owner(connection: asyncpg.Connection) ->
         table = f"{quoted(row['table_schema'])}.{quoted(row['table_name'])}"
         privileges = "INSERT, UPDATE, DELETE, TRUNCATE"
         await connection.execute(f"REVOKE {privileges} ON {table} FROM {quoted(row['grantee'])}")
-
-
-def quoted(name: str) -> str:
-    """`name` as a quoted SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def main() -> int:

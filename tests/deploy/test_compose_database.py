@@ -13,14 +13,8 @@ import asyncpg
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.postgres import (
-    PG_CLUSTER,
-    ROOT,
-    admin_execute,
-    asyncpg_dsn,
-    fresh_database,
-    run_sync,
-)
+from service.database.urls import asyncpg_dsn
+from tests.postgres import PG_CLUSTER, ROOT, admin_execute, fresh_database, run_sync
 
 INIT_SCRIPT = ROOT / "deploy" / "postgres" / "init-app-role.sh"
 

@@ -10,8 +10,9 @@ import time
 import asyncpg
 from sqlalchemy.engine import URL
 
+from service.database.urls import asyncpg_dsn
 from service.stack.heads import alembic_heads
-from tests.postgres import ROOT, asyncpg_dsn, fresh_database, migrate
+from tests.postgres import ROOT, fresh_database, migrate
 
 MIGRATION_LOCK_ID = 0x6E6F7465736D6967
 

@@ -6,8 +6,9 @@ import asyncpg
 from sqlalchemy.engine import URL, make_url
 
 from deploy.native.processes import free_port
+from service.database.urls import asyncpg_dsn
 from tests.apps import app_client
-from tests.postgres import asyncpg_dsn, fresh_database, locked_table, migrate
+from tests.postgres import fresh_database, locked_table, migrate
 
 
 async def test_unreachable_database_gives_503_fast() -> None:

@@ -19,8 +19,9 @@ from sqlalchemy.engine import URL
 
 from deploy.native.processes import free_port
 from service.config import ConfigurationError, get_settings
+from service.database.urls import asyncpg_dsn
 from service.main import create_app
-from tests.postgres import ROOT, asyncpg_dsn
+from tests.postgres import ROOT
 
 
 def service_env(url: URL | str, **extra: str) -> dict[str, str]:

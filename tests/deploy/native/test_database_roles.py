@@ -18,7 +18,8 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from tests.postgres import PG_CLUSTER, asyncpg_dsn
+from service.database.urls import asyncpg_dsn
+from tests.postgres import PG_CLUSTER
 from tests.stack import Stack, running_stack
 
 OWNER, APP = "notes_owner", "notes_app"

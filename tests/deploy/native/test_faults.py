@@ -18,10 +18,11 @@ from sqlalchemy.engine import URL
 
 from service.config import load_settings
 from service.database.connections import create_database
+from service.database.urls import asyncpg_dsn
 from service.idempotency import service as idempotency
 from service.notes import service
 from tests.apps import FAILING_ROUTE
-from tests.postgres import asyncpg_dsn, locked_table
+from tests.postgres import locked_table
 from tests.stack import Stack, running_stack
 
 NOTES = "/api/v1/notes"

@@ -19,8 +19,9 @@ from deploy.native import pgbouncer
 from deploy.native.processes import free_port
 from service.config import BudgetSettings, load, load_settings
 from service.database.connections import create_database
+from service.database.urls import asyncpg_dsn
 from service.runtime.capacity import budget_for
-from tests.postgres import ROOT, asyncpg_dsn, backends, fresh_database
+from tests.postgres import ROOT, backends, fresh_database
 from tests.stack import Load, Stack, notes_by_text, running_stack
 
 SERVER_POOL = 4

@@ -4,7 +4,7 @@ stats counts still those of the table."""
 import asyncpg
 import httpx
 
-from tests.postgres import asyncpg_dsn
+from service.database.urls import asyncpg_dsn
 from tests.stack import Stack
 
 

@@ -16,11 +16,12 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from sqlalchemy.engine import URL
 
 from service.database.connections import create_database, get_database
+from service.database.urls import asyncpg_dsn
 from service.http import precompiled
 from service.main import create_app
 from service.notes.router import router as notes_router
 from tests.apps import serving, settings_for
-from tests.postgres import asyncpg_dsn, fresh_database, migrate
+from tests.postgres import fresh_database, migrate
 
 NOTES = "/api/v1/notes"
 OPENAPI = Path(__file__).resolve().parents[3] / "docs" / "openapi.json"

@@ -11,9 +11,9 @@ from sqlalchemy.engine import URL
 
 from service.config import load_settings
 from service.database.connections import create_database
+from service.database.urls import asyncpg_dsn
 from service.idempotency.service import delete_expired
 from tests.apps import app_client
-from tests.postgres import asyncpg_dsn
 
 NOTES = "/api/v1/notes"
 

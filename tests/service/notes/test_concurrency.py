@@ -7,8 +7,9 @@ import asyncpg
 import httpx
 from sqlalchemy.engine import URL
 
+from service.database.urls import asyncpg_dsn
 from tests.apps import app_client
-from tests.postgres import asyncpg_dsn, locked_table
+from tests.postgres import locked_table
 
 NOTES = "/api/v1/notes"
 

@@ -12,9 +12,10 @@ import httpx
 from sqlalchemy.engine import URL
 
 from service.database.connections import create_database
+from service.database.urls import asyncpg_dsn
 from service.notes import counts
 from tests.apps import settings_for
-from tests.postgres import asyncpg_dsn, fresh_database, migrate
+from tests.postgres import fresh_database, migrate
 
 NOTES = "/api/v1/notes"
 

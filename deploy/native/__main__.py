@@ -22,8 +22,6 @@ import time
 from collections.abc import Callable
 from typing import assert_never
 
-from sqlalchemy.engine import make_url
-
 from deploy.native import (
     accounts,
     app_deps,
@@ -130,9 +128,9 @@ def _gunicorn(stack: Stack) -> None:
     gunicorn.check_measured_budget(stack, master, workers)
 
 
-def _routable_port() -> int | None:
+def _routable_port(settings: GunicornSettings) -> int | None:
     """The port gunicorn listens on at a routable address (GUNICORN_BIND), if it does."""
-    bind = load(GunicornSettings).gunicorn_bind
+    bind = settings.gunicorn_bind
     if not bind or bind.startswith("unix:"):
         return None
     host, _, port = bind.rpartition(":")
@@ -142,10 +140,11 @@ def _routable_port() -> int | None:
 def _admit_only_the_proxy(stack: Stack) -> None:
     """An app host serving a routable address: only its proxy may connect (deploy.native.
     firewall), when started as root and FORWARDED_ALLOW_IPS names it."""
-    port = _routable_port()
-    sources = firewall.allowed_sources(load(GunicornSettings).forwarded_allow_ips)
-    if port is None or not stack.role.runs(Part.APP):
+    settings = load(GunicornSettings)
+    port = _routable_port(settings)
+    if port is None:
         return
+    sources = firewall.allowed_sources(settings.forwarded_allow_ips)
     if os.geteuid() != 0 or not sources:
         log(
             f"warning: gunicorn's port {port} is open to whoever reaches this host: set "
@@ -158,9 +157,8 @@ def _admit_only_the_proxy(stack: Stack) -> None:
 def _remote_database(stack: Stack) -> None:
     """An app host: the database (PgBouncer with POOLER=pgbouncer) is on another host, named
     by DATABASE_URL, as the app role."""
-    url = make_url(load_settings().sqlalchemy_url)
     # The URL is PgBouncer's own when it is on the database host: the workers use it as is.
-    saved = stack.secrets.without_password(url).render_as_string(hide_password=False)
+    saved = stack.kept(load_settings().sqlalchemy_url)
     stack.save(StackState(database_url=saved, pooler=stack.settings.pooler, pooled_url=saved))
 
 
@@ -264,7 +262,7 @@ def down(stack: Stack) -> None:
     monitoring.stop(stack)
     nginx.stop(stack)
     gunicorn.stop(stack)
-    port = _routable_port()
+    port = _routable_port(load(GunicornSettings))
     if port is not None and os.geteuid() == 0:
         firewall.remove(port)
     pgbouncer.stop(stack)

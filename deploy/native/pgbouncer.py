@@ -151,10 +151,10 @@ def standalone(database_url: str, port: int) -> Iterator[str]:
     run_dir.chmod(0o755)  # it runs as an unprivileged user when started as root
     stack = Stack(RunLayout(run_dir), StackSettings(run_dir=run_dir, pgbouncer_port=port))
     stack.layout.logs.mkdir()
-    saved = stack.secrets.without_password(make_url(database_url))
-    start(stack, saved.render_as_string(hide_password=False))
+    saved = stack.kept(database_url)
+    start(stack, saved)
     try:
-        yield stack.url(pooled_url(stack, saved.render_as_string(hide_password=False)))
+        yield stack.url(pooled_url(stack, saved))
     finally:
         stop(stack)
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -24,7 +24,7 @@ import asyncpg
 from sqlalchemy.engine import URL, make_url
 
 from deploy.native.processes import fail, log, run_helper
-from deploy.native.secrets import Secrets, password_removed
+from deploy.native.secrets import password_removed
 from deploy.native.state import Stack, StackState
 from service.config import ROOT, load_settings
 from service.database.urls import asyncpg_dsn, quoted
@@ -38,14 +38,13 @@ def ensure_database(stack: Stack) -> StackState:
     """Use DATABASE_URL, or start the private cluster; make the roles; return what to
     remember."""
     settings = load_settings()
-    secrets = stack.secrets
     if settings.database_url_is_explicit:
         log("database: DATABASE_URL")
         owner = make_url(settings.sqlalchemy_url)
-        app = asyncio.run(_app_role_beside(owner, stack, secrets, settings.environment))
+        app = asyncio.run(_app_role_beside(owner, stack, settings.environment))
         return StackState(
-            database_url=_saved(secrets, owner),
-            app_url=_saved(secrets, app) if app else None,
+            database_url=stack.kept(owner),
+            app_url=stack.kept(app) if app else None,
             private_postgres=False,
         )
     run_helper("install-deps", "postgres")
@@ -60,11 +59,6 @@ def ensure_database(stack: Stack) -> StackState:
         app_url=base.format(app_role),
         private_postgres=True,
     )
-
-
-def _saved(secrets: Secrets, url: URL) -> str:
-    """`url` as the state keeps it: its password moved to the secrets."""
-    return secrets.without_password(url).render_as_string(hide_password=False)
 
 
 async def _provision_private(stack: Stack, database: str, owner: str, app: str) -> None:
@@ -144,9 +138,7 @@ async def grant(connection: asyncpg.Connection, database: str, owner: str, app: 
         await connection.execute(statement)
 
 
-async def _app_role_beside(
-    owner_url: URL, stack: Stack, secrets: Secrets, environment: str
-) -> URL | None:
+async def _app_role_beside(owner_url: URL, stack: Stack, environment: str) -> URL | None:
     """With DATABASE_URL: the app role's URL (APP_DATABASE_URL's, or `<database>_app` made
     here), granted what it needs; None when the workers must log in as the owner."""
     database = owner_url.database or "postgres"
@@ -163,7 +155,7 @@ async def _app_role_beside(
             app = app_url.username or ""
         elif may_create_roles:
             app = f"{database}_app"
-            _, verifier = secrets.generated(app)
+            _, verifier = stack.secrets.generated(app)
             await _login_role(connection, app, verifier)
             app_url = password_removed(owner_url.set(username=app))
         else:

@@ -13,7 +13,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from deploy.native.layout import RunLayout
 from deploy.native.processes import StackError, fail
@@ -155,6 +155,11 @@ class Stack:
         """Remember what `up` decided (no password in it), replaced whole, so that a reader
         never sees half of it."""
         write_private(self.layout.state_file, state.to_json())
+
+    def kept(self, url: str | URL) -> str:
+        """`url` as the state holds it: its password moved to the secrets (`url` undoes it)."""
+        parsed = make_url(url) if isinstance(url, str) else url
+        return self.secrets.without_password(parsed).render_as_string(hide_password=False)
 
     def url(self, url: str) -> str:
         """`url` (as the state holds it) with its role's password, for a process to use."""

@@ -132,6 +132,14 @@ else
 	$(STACK) reload
 endif
 
+.PHONY: release
+release: install ## Release new code with a schema change: migrate (each statement under MIGRATION_LOCK_TIMEOUT, retried), then reload, then report; the running code keeps serving if the migrations cannot get their locks
+ifeq ($(ENGINE),docker)
+	$(call refuse_in_compose,release,run the migrate service and then replace the app container: docker compose run --rm migrate && docker compose up --detach --build app)
+else
+	$(STACK) release
+endif
+
 .PHONY: scale
 scale: ## Change the worker count live: make scale WORKERS=N (after the connection budget check)
 	@test -n "$(WORKERS)" || { echo "usage: make scale WORKERS=N" >&2; exit 2; }

@@ -24,12 +24,14 @@ from service.config import (
     Settings,
     WorkerSettings,
 )
+from service.stack.migrate import MigrationSettings
 
 # Every declaration, wherever it lives, in the order the generated files list them; each
 # class's own fields only. A new settings class is one more entry.
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     WorkerSettings,
     Settings,
+    MigrationSettings,
     BudgetSettings,
     GunicornSettings,
     RunDirSettings,

@@ -5,6 +5,9 @@
     status    each component, its pid, and the live worker pids (exit 3 if one is down)
     logs      follow every log under $RUN_DIR/logs
     reload    new code and config, zero failed requests (USR2, wait, TERM old)
+    migrate   the app's migrations to head, waiting for traffic, never traffic for them
+    release   migrate, then reload, then report: the running code keeps serving if either
+              step fails
     scale N   N workers, live (TTIN/TTOU), after the connection budget check
 
 gunicorn supervises its workers, nginx and PostgreSQL their own processes; this runner only
@@ -369,6 +372,34 @@ def migrate(stack: Stack) -> None:
     log("migrated")
 
 
+def release(stack: Stack) -> None:
+    """`make release`: the new code's migrations (its expand step, which the running code
+    must tolerate), then a reload to the new code, then a report. A migration that cannot
+    take its lock gives up (MIGRATION_LOCK_TIMEOUT, MIGRATION_ATTEMPTS) with nothing of its
+    revision applied, and the reload never starts: the running code keeps serving."""
+    if not stack.role.runs(Part.APP):
+        fail(f"nothing to release on the {stack.role.name} host: release on each app host")
+    if not gunicorn.master(stack):
+        fail("gunicorn is not running: make up first")
+    started = time.monotonic()
+    try:
+        migrate(stack)
+    except StackError as exc:
+        fail(f"{exc}\nrelease stopped before the reload: the running code keeps serving")
+    migrated = time.monotonic()
+    reload(stack)
+    reloaded = time.monotonic()
+    url = _readiness_url(stack)
+    status = http_status(url) if url else None
+    if url and status != 200:
+        fail(f"released, but {url} answers {status}: see the app log")
+    workers = len(children(gunicorn.master(stack) or 0))
+    log(
+        f"released: migrations {migrated - started:.1f}s, reload {reloaded - migrated:.1f}s; "
+        f"{workers} workers of the new code ready"
+    )
+
+
 def rotate_logs(stack: Stack, *, watch: bool) -> None:
     """`make rotate-logs`: every log with anything in it, now; with `watch`, the rotator
     `up` starts, by size, until SIGTERM."""
@@ -395,7 +426,7 @@ def main() -> None:
         prog="python -m deploy.native", description=__doc__.splitlines()[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    for name in ("up", "down", "status", "logs", "reload", "migrate", "dev"):
+    for name in ("up", "down", "status", "logs", "reload", "migrate", "release", "dev"):
         commands.add_parser(name)
     commands.add_parser("scale").add_argument("workers", type=int)
     seeding = commands.add_parser("seed")
@@ -421,6 +452,7 @@ def main() -> None:
                 "logs": logs,
                 "reload": reload,
                 "migrate": migrate,
+                "release": release,
                 "dev": dev,
             }
             commands_by_name[args.command](stack)

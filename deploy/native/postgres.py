@@ -28,6 +28,7 @@ from deploy.native.secrets import password_removed
 from deploy.native.state import Stack, StackState
 from service.config import ROOT, load_settings
 from service.database.urls import asyncpg_dsn, quoted
+from service.stack.alembic_run import LOCK_NOT_AVAILABLE
 
 # Only what the app needs: rows, never the schema (one file for every mode).
 GRANT_APP_ROLE = ROOT / "deploy" / "postgres" / "grant-app-role.sql"
@@ -186,7 +187,8 @@ def stop_private(stack: Stack) -> None:
 
 def migrate(env: dict[str, str]) -> None:
     """The app's migrations to head (MIGRATIONS), as `make migrate` runs them: under the
-    stack's migration lock (`service.stack.migrate`)."""
+    stack's migration lock, each statement under MIGRATION_LOCK_TIMEOUT and tried again
+    (`service.stack.migrate`). The runner's own lines (revisions, attempts) are logged."""
     log(f"migrations: {env.get('MIGRATIONS') or 'none'} to head")
     result = subprocess.run(
         [sys.executable, "-m", "service.stack.migrate"],
@@ -196,5 +198,14 @@ def migrate(env: dict[str, str]) -> None:
         text=True,
         check=False,
     )
+    said = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.startswith("migrations: ")
+    ]
+    if result.returncode == LOCK_NOT_AVAILABLE:
+        fail("\n".join(said))
     if result.returncode != 0:
         fail(f"migrations failed:\n{result.stdout}{result.stderr}")
+    for line in said:
+        log(line)

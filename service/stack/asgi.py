@@ -35,7 +35,7 @@ from service.observability.logging import configure_logging
 from service.observability.requests import RequestObserver
 from service.stack.engines import REGISTRY, pool_capacity, watch_engines
 from service.stack.lifespan import AppLifespan, LifespanFailedError
-from service.stack.probes import Probes, Readiness, ReadyCheck, migration_heads
+from service.stack.probes import Probes, Readiness, ReadyCheck, migration_revisions
 
 logger = structlog.get_logger(__name__)
 
@@ -58,13 +58,13 @@ class StackApp:
         ):
             # Starlette's own last resort answers text/plain; the stack's errors are JSON.
             app.add_exception_handler(Exception, _internal_error)
-        heads = migration_heads(settings.migrations) if settings.migrations else None
+        revisions = migration_revisions(settings.migrations) if settings.migrations else None
         # The app's engines: made from its import (or from now) to the end of its startup.
         self.engines_start = REGISTRY.mark() if engines_mark is None else engines_mark
         self.engines_end: int | None = None
         self.readiness = Readiness(
             engines=self.engines,
-            heads=heads,
+            revisions=revisions,
             ready_check=_import_ready_check(settings.ready_check),
             timeout=settings.ready_timeout,
         )

@@ -1,42 +1,107 @@
-"""`python -m service.stack.migrate`: the app's Alembic migrations to head, one runner at a time.
+"""`python -m service.stack.migrate`: the app's Alembic migrations to head, one runner at a
+time, each statement waiting at most `MIGRATION_LOCK_TIMEOUT` for its locks.
 
-What `make migrate`, `make up`, Compose's `migrate` service and the Kubernetes Job run, for
-any app: `alembic -c $MIGRATIONS upgrade head`, with `APP_PATH` first on the import path,
-while this process holds a PostgreSQL advisory lock on `DATABASE_URL`'s database. Two deploy
-steps started together apply each migration once: the second waits for the lock, then finds
-the schema at head. The app's own `env.py` needs no lock of its own (the notes service's
-takes one too, under another key). With `MIGRATIONS` empty there is nothing to run.
+What `make migrate`, `make release`, `make up`, Compose's `migrate` service and the Kubernetes
+Job run, for any app: `alembic -c $MIGRATIONS upgrade head`, with `APP_PATH` first on the
+import path, while this process holds a PostgreSQL advisory lock on `DATABASE_URL`'s
+database. Two deploy steps started together apply each migration once: the second waits for
+the lock, then finds the schema at head. The app's own `env.py` needs no lock of its own (the
+notes service's takes one too, under another key). With `MIGRATIONS` empty there is nothing
+to run.
+
+Alembic runs under `service.stack.alembic_run`: a statement that cannot take its lock within
+`MIGRATION_LOCK_TIMEOUT` gives up, its revision rolls back, and the whole upgrade is tried
+again after a backoff (1 s, 2 s, 4 s... at most 30 s, with jitter), up to
+`MIGRATION_ATTEMPTS` times; then this exits 75 naming the statement, the schema where it was.
 """
 
 import asyncio
 import os
+import random
 import sys
 import time
 
 import asyncpg
 
-from service.config import ConfigurationError, Settings, WorkerSettings, load
+from service.config import (
+    ConfigurationError,
+    FromEnvironment,
+    Settings,
+    WorkerSettings,
+    load,
+    setting,
+)
 from service.database.urls import asyncpg_dsn, quoted
+from service.stack.alembic_run import LOCK_NOT_AVAILABLE
 
 # Any constant bigint works; this one spells "stackmig" in ASCII.
 STACK_MIGRATION_LOCK_ID = 0x737461636B6D6967
+FIRST_RETRY_DELAY = 1.0
+LONGEST_RETRY_DELAY = 30.0
+
+
+class MigrationSettings(FromEnvironment):
+    """How the migrations wait for the running app (`python -m service.stack.migrate`)."""
+
+    migration_lock_timeout: float = setting(
+        1.0,
+        "seconds a migration's statement waits for a lock before it gives up and its "
+        "revision is tried again (PostgreSQL lock_timeout): requests that need the table "
+        "queue behind a waiting ALTER TABLE for at most this long; 0: wait forever",
+        ge=0,
+        le=600,
+    )
+    migration_attempts: int = setting(
+        5,
+        "tries of the upgrade before the migrations give up (exit 75), with a backoff of "
+        "1, 2, 4... seconds (at most 30, jittered) between them",
+        ge=1,
+        le=100,
+    )
+
+
+def retry_delay(attempt: int) -> float:
+    """Seconds to wait after the `attempt`-th try (from 1) gave up on a lock: doubling from
+    one second, at most thirty, jittered down by up to half so that runners spread out."""
+    ceiling = min(LONGEST_RETRY_DELAY, FIRST_RETRY_DELAY * 2.0 ** (attempt - 1))
+    return ceiling * random.uniform(0.5, 1.0)  # noqa: S311 (jitter, not a secret)
 
 
 def alembic_argv(settings: WorkerSettings, *command: str) -> list[str]:
-    """The Alembic command line for the app's migrations."""
+    """The Alembic command line for the app's migrations, under `lock_timeout`."""
     assert settings.migrations is not None  # noqa: S101 (checked by the caller)
-    return [sys.executable, "-m", "alembic", "-c", str(settings.migrations.resolve()), *command]
+    ini = str(settings.migrations.resolve())
+    return [sys.executable, "-m", "service.stack.alembic_run", "-c", ini, *command]
 
 
-def alembic_env(settings: WorkerSettings) -> dict[str, str]:
-    """The environment Alembic runs in: `APP_PATH` first on the import path."""
+def alembic_env(settings: WorkerSettings, migration: MigrationSettings) -> dict[str, str]:
+    """The environment Alembic runs in: `APP_PATH` first on the import path, and the lock
+    timeout."""
     app_path = str(settings.app_path.resolve())
     python_path = os.environ.get("PYTHONPATH", "")
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [app_path, python_path]))}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [app_path, python_path])),
+        "MIGRATION_LOCK_TIMEOUT": str(migration.migration_lock_timeout),
+    }
 
 
-async def upgrade(settings: WorkerSettings, database_url: str) -> int:
-    """Run the migrations to head under the stack's lock; Alembic's exit status."""
+async def schema_revision(connection: asyncpg.Connection) -> str | None:
+    """The revision Alembic's version table names (the first, with several heads); None
+    before the first migration."""
+    try:
+        value = await connection.fetchval("SELECT version_num FROM alembic_version")
+    except asyncpg.UndefinedTableError:
+        return None
+    return None if value is None else str(value)
+
+
+async def upgrade(
+    settings: WorkerSettings, database_url: str, migration: MigrationSettings | None = None
+) -> int:
+    """Run the migrations to head under the stack's lock, trying again while a statement
+    gives up on its lock; Alembic's exit status (75 when every attempt gave up)."""
+    migration = migration or MigrationSettings()
     if settings.migrations is None:
         print("migrations: MIGRATIONS is empty, nothing to run", flush=True)
         return 0
@@ -48,18 +113,55 @@ async def upgrade(settings: WorkerSettings, database_url: str) -> int:
         started = time.monotonic()
         await connection.execute("SELECT pg_advisory_lock($1)", STACK_MIGRATION_LOCK_ID)
         waited = time.monotonic() - started
-        print(f"migrations: {settings.migrations} to head (lock after {waited:.1f}s)", flush=True)
-        process = await asyncio.create_subprocess_exec(
-            *alembic_argv(settings, "upgrade", "head"),
-            cwd=settings.migrations.resolve().parent,
-            env=alembic_env(settings),
+        before = await schema_revision(connection)
+        print(
+            f"migrations: {settings.migrations} to head from {before or 'an empty schema'} "
+            f"(stack lock after {waited:.1f}s, lock_timeout {migration.migration_lock_timeout:g}s)",
+            flush=True,
         )
-        status = await process.wait()
+        status, attempts = await _attempts(settings, migration)
+        after = await schema_revision(connection)
+        took = time.monotonic() - started
         if status == 0:
             await keep_the_version_table_to_the_owner(connection)
+            print(
+                f"migrations: at {after} (was {before}) after {attempts} attempt(s) "
+                f"in {took:.1f}s",
+                flush=True,
+            )
+        elif status == LOCK_NOT_AVAILABLE:
+            print(
+                f"migrations: gave up after {attempts} attempts in {took:.1f}s: a lock was "
+                f"held longer than MIGRATION_LOCK_TIMEOUT={migration.migration_lock_timeout:g}s "
+                f"each time (a long transaction?); the schema stays at {after}",
+                file=sys.stderr,
+                flush=True,
+            )
         return status
     finally:
         await connection.close()
+
+
+async def _attempts(settings: WorkerSettings, migration: MigrationSettings) -> tuple[int, int]:
+    """Alembic's exit status and how many times it ran."""
+    assert settings.migrations is not None  # noqa: S101 (checked by the caller)
+    for attempt in range(1, migration.migration_attempts + 1):
+        process = await asyncio.create_subprocess_exec(
+            *alembic_argv(settings, "upgrade", "head"),
+            cwd=settings.migrations.resolve().parent,
+            env=alembic_env(settings, migration),
+        )
+        status = await process.wait()
+        if status != LOCK_NOT_AVAILABLE or attempt == migration.migration_attempts:
+            return status, attempt
+        delay = retry_delay(attempt)
+        print(
+            f"migrations: attempt {attempt} of {migration.migration_attempts} gave up on a "
+            f"lock; again in {delay:.1f}s",
+            flush=True,
+        )
+        await asyncio.sleep(delay)
+    raise AssertionError  # unreachable: the last attempt returns
 
 
 async def keep_the_version_table_to_the_owner(connection: asyncpg.Connection) -> None:
@@ -85,7 +187,7 @@ def main() -> int:
     try:
         settings = load(WorkerSettings)
         database_url = load(Settings).sqlalchemy_url
-        return asyncio.run(upgrade(settings, database_url))
+        return asyncio.run(upgrade(settings, database_url, load(MigrationSettings)))
     except ConfigurationError as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.observability.metrics import render_metrics
 from service.stack.engines import UNAVAILABLE_SQLSTATE_CLASSES, ping, schema_revision
-from service.stack.heads import alembic_heads
+from service.stack.heads import Revisions, alembic_revisions
 
 logger = structlog.get_logger(__name__)
 
@@ -30,8 +30,8 @@ _UNDEFINED_TABLE = "42P01"
 ReadyCheck = Callable[[], Awaitable[object]]
 
 
-def migration_heads(alembic_ini: Path) -> frozenset[str]:
-    """The head revisions of the migrations `alembic_ini` names (its `script_location`,
+def migration_revisions(alembic_ini: Path) -> Revisions:
+    """The revisions of the migrations `alembic_ini` names (its `script_location`,
     relative to the file's own directory, or `%(here)s/...`; `version_locations` if set)."""
     if not alembic_ini.is_file():
         msg = f"MIGRATIONS={alembic_ini}: no such file"
@@ -47,10 +47,10 @@ def migration_heads(alembic_ini: Path) -> frozenset[str]:
     directories = [here / part for part in locations.replace(",", " ").split()] or [
         script_location / "versions"
     ]
-    heads: set[str] = set()
+    revisions = Revisions(frozenset(), frozenset())
     for directory in directories:
-        heads |= alembic_heads(directory)
-    return frozenset(heads)
+        revisions |= alembic_revisions(directory)
+    return revisions
 
 
 def _sqlstate(exc: DBAPIError) -> str:
@@ -67,11 +67,12 @@ def _unreachable(exc: BaseException) -> bool:
 @dataclass(slots=True)
 class Readiness:
     """Ready when the app's lifespan has started, every engine it made gives a connection,
-    the first engine's database is at the head of `heads` (when migrations are configured),
-    and `ready_check` (READY_CHECK) returns."""
+    the first engine's database is not behind `revisions` (when migrations are configured:
+    at a head, or at a revision this code does not know, which a release's expand step
+    made before this code's successor starts), and `ready_check` (READY_CHECK) returns."""
 
     engines: Callable[[], list[tuple[str, Engine]]]
-    heads: frozenset[str] | None
+    revisions: Revisions | None
     ready_check: ReadyCheck | None
     timeout: float
     started: bool = field(default=False)
@@ -96,15 +97,15 @@ class Readiness:
     async def _checks(self, engines: list[tuple[str, Engine]]) -> str | None:
         for _label, engine in engines:
             await ping(engine)
-        if self.heads is not None and engines:
+        if self.revisions is not None and engines:
             try:
                 current = await schema_revision(engines[0][1])
             except DBAPIError as exc:
                 if _sqlstate(exc) == _UNDEFINED_TABLE:
                     return "schema not migrated: no alembic_version table"
                 raise
-            if current not in self.heads:
-                expected = ", ".join(sorted(self.heads))
+            if self.revisions.behind(current):
+                expected = ", ".join(sorted(self.revisions.heads))
                 return f"schema at {current}, expected {expected}"
         if self.ready_check is not None:
             try:

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 
 from service.config import ConfigurationError, WorkerSettings
 from service.stack.asgi import load_app, wrap
+from service.stack.heads import alembic_revisions
 from service.stack.lifespan import AppLifespan, LifespanFailedError
 from tests.apps import serving
 
@@ -157,9 +158,23 @@ def test_a_bad_app_stops_the_start_and_names_it(tmp_path: Path) -> None:
 
 def test_the_notes_alembic_heads_are_read_from_migrations() -> None:
     stack = wrap(FastAPI(), WorkerSettings())
-    assert stack.readiness.heads
+    assert stack.readiness.revisions == alembic_revisions()
+    assert stack.readiness.revisions.heads
     with pytest.raises(FileNotFoundError, match="MIGRATIONS="):
         wrap(FastAPI(), settings(migrations=Path("/nonexistent/alembic.ini")))
+
+
+def test_readiness_waits_for_a_schema_behind_the_code_not_for_one_ahead() -> None:
+    """A release migrates before it reloads: the old code must stay ready on the new schema
+    (a revision it does not know), and new code must not serve a schema it is ahead of."""
+    revisions = alembic_revisions()
+    (head,) = revisions.heads
+    older = sorted(revisions.known - revisions.heads)
+    assert older
+    assert not revisions.behind(head)
+    assert not revisions.behind("0099_the_next_release")
+    assert all(revisions.behind(revision) for revision in older)
+    assert revisions.behind(None)
 
 
 def test_engines_are_found_and_labelled_without_the_apps_help() -> None:

@@ -377,8 +377,13 @@ def release(stack: Stack) -> None:
     must tolerate), then a reload to the new code, then a report. A migration that cannot
     take its lock gives up (MIGRATION_LOCK_TIMEOUT, MIGRATION_ATTEMPTS) with nothing of its
     revision applied, and the reload never starts: the running code keeps serving."""
-    if not stack.role.runs(Part.APP):
-        fail(f"nothing to release on the {stack.role.name} host: release on each app host")
+    role = stack.role
+    if not role.runs(Part.APP) or not role.runs(Part.DATABASE):
+        fail(
+            f"make release runs the migrations and the reload on one host, and the "
+            f"{role.name} host runs only some of them: make migrate on the database host, "
+            f"then make reload on each app host, one at a time"
+        )
     if not gunicorn.master(stack):
         fail("gunicorn is not running: make up first")
     started = time.monotonic()

@@ -646,3 +646,16 @@ def test_the_your_app_overlay_serves_another_app_under_its_own_name() -> None:
 def plain_env(spec: Object) -> dict[str, str]:
     """A container's environment variables with literal values."""
     return {item["name"]: item["value"] for item in spec.get("env", []) if "value" in item}
+
+
+def test_the_release_order_selects_the_migration_job_alone(objects: tuple[Object, ...]) -> None:
+    """docs/kubernetes.md applies `-l app.kubernetes.io/component=migrate` first, then the
+    rest: that selector must name the Job and nothing the rollout needs."""
+    labelled = [
+        (item["kind"], item["metadata"]["name"])
+        for item in objects
+        if item["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "migrate"
+    ]
+    assert labelled == [("Job", "notes-migrate")]
+    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    assert "-l app.kubernetes.io/component=migrate" in docs

@@ -5,9 +5,12 @@ when the migration cannot get its lock the release stops before the reload."""
 
 import asyncio
 import dataclasses
+import os
 import random
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -22,7 +25,7 @@ from sqlalchemy.engine import URL
 
 from service.database.urls import asyncpg_dsn
 from tests.next_release import REVISION, Checkout
-from tests.postgres import fresh_database
+from tests.postgres import ROOT, fresh_database
 from tests.stack import Load, Stack, background_load, running_stack
 
 NOTES = 1_000_000
@@ -185,3 +188,26 @@ async def test_a_release_under_load_fails_nothing_and_serves_the_new_column(
             await client.put("/api/v1/notes/1/priority", json={"priority": 10})
         ).status_code == 422
         assert (await client.get("/readyz")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("role", "refusal"),
+    [
+        ("app", "make migrate on the database host, then make reload on each app host"),
+        ("proxy", "make migrate on the database host, then make reload on each app host"),
+        ("all", "gunicorn is not running: make up first"),
+    ],
+)
+def test_release_refuses_where_it_cannot_run_both_steps(
+    tmp_path: Path, role: str, refusal: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "deploy.native", "release"],
+        cwd=ROOT,
+        env={**os.environ, "RUN_DIR": str(tmp_path), "STACK_ROLE": role},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert refusal in result.stderr

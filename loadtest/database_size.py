@@ -1,12 +1,15 @@
 """How big the database under load was, for the sweep's report and its capacity plan.
 
 Read once at the end of a sweep from the database the stack's workers use: its size, the
-largest tables with their estimated rows, and PostgreSQL's `shared_buffers`. A plan measured
-on ten thousand rows says nothing of ten million: the report names the size it was measured
-at, and whether the database fitted in PostgreSQL's own cache.
+largest tables with their estimated rows, its indexes, PostgreSQL's `shared_buffers`, and the
+share of the sweep's block reads that `shared_buffers` served (from `pg_stat_database`, read
+at the start and at the end). A plan measured on ten thousand rows says nothing of ten
+million: the report names the size it was measured at, and the plan whether the load's
+working set fitted in PostgreSQL's own cache.
 """
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 
 import asyncpg
@@ -22,6 +25,29 @@ ORDER BY bytes DESC LIMIT 3
 """
 
 
+_INDEXES = """
+SELECT coalesce(sum(pg_indexes_size(c.oid)), 0)::bigint
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+_BLOCKS = "SELECT blks_hit, blks_read FROM pg_stat_database WHERE datname = current_database()"
+# At or above this share of block reads served from shared_buffers, the working set fitted.
+FITTED = 0.99
+
+
+@dataclass(frozen=True)
+class BufferReads:
+    """The database's block reads so far: served from shared_buffers, and not."""
+
+    hits: int
+    reads: int
+
+    def hit_ratio_since(self, earlier: "BufferReads") -> float | None:
+        """The share of the block reads since `earlier` that shared_buffers served."""
+        hits, reads = self.hits - earlier.hits, self.reads - earlier.reads
+        return hits / (hits + reads) if hits + reads > 0 else None
+
+
 @dataclass(frozen=True)
 class DatabaseSize:
     """The database's size, its largest tables, and PostgreSQL's buffer cache."""
@@ -29,6 +55,33 @@ class DatabaseSize:
     bytes: int
     tables: tuple[tuple[str, int, int], ...]  # name, estimated rows, bytes with indexes
     shared_buffers: int
+    index_bytes: int = 0
+    blocks: BufferReads | None = None  # at the end of the load
+    hit_ratio: float | None = None  # over the load, once `during` has been applied
+
+    def during(self, started: BufferReads | None) -> "DatabaseSize":
+        """This size, with the hit ratio of the block reads since `started`."""
+        if started is None or self.blocks is None:
+            return self
+        return dataclasses.replace(self, hit_ratio=self.blocks.hit_ratio_since(started))
+
+    def working_set(self) -> str:
+        """Whether the load's reads fitted in shared_buffers, for the capacity plan."""
+        buffers, indexes = _size(self.shared_buffers), _size(self.index_bytes)
+        if self.hit_ratio is None:
+            return f"how many of its reads shared_buffers ({buffers}) served is unknown"
+        if self.hit_ratio >= FITTED:
+            return (
+                f"shared_buffers ({buffers}) served {self.hit_ratio:.1%} of its block reads: "
+                f"the load's working set fitted, and this cost holds while it does (its "
+                f"indexes, which every request walks, are {indexes})"
+            )
+        return (
+            f"shared_buffers ({buffers}) served only {self.hit_ratio:.1%} of its block reads: "
+            f"the working set outgrew it, and this cost grows with the data; give PostgreSQL "
+            f"at least its indexes ({indexes}) in shared_buffers and the rest in the OS's "
+            "page cache"
+        )
 
     def describe(self) -> str:
         """One sentence for the report."""
@@ -69,13 +122,40 @@ async def _read(database_url: str) -> DatabaseSize:
             "SELECT setting::bigint * pg_size_bytes(unit) FROM pg_settings "
             "WHERE name = 'shared_buffers'"
         )
+        indexes = await connection.fetchval(_INDEXES)
+        blocks = await _blocks(connection)
     finally:
         await connection.close()
     return DatabaseSize(
         bytes=int(total),
         tables=tuple((row["name"], int(row["rows"]), int(row["bytes"])) for row in tables),
         shared_buffers=int(buffers),
+        index_bytes=int(indexes),
+        blocks=blocks,
     )
+
+
+async def _blocks(connection: asyncpg.Connection) -> BufferReads:
+    row = await connection.fetchrow(_BLOCKS)
+    return BufferReads(hits=int(row["blks_hit"]), reads=int(row["blks_read"]))
+
+
+async def _read_blocks(database_url: str) -> BufferReads:
+    connection = await asyncpg.connect(
+        asyncpg_dsn(database_url), statement_cache_size=0, timeout=10
+    )
+    try:
+        return await _blocks(connection)
+    finally:
+        await connection.close()
+
+
+def buffer_reads(database_url: str) -> BufferReads | None:
+    """The database's block reads so far, or None when they cannot be read."""
+    try:
+        return asyncio.run(_read_blocks(database_url))
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return None
 
 
 def database_size(database_url: str) -> DatabaseSize | None:

@@ -9,6 +9,7 @@ import dataclasses
 import statistics
 from dataclasses import dataclass
 
+from loadtest.database_size import DatabaseSize
 from loadtest.run import load_generator_saturated
 from service.runtime.capacity import (
     MIN_WORKERS,
@@ -183,11 +184,22 @@ class CapacityPlan:
     requests_per_second: float  # projected throughput of that host
     database_cores: float  # PostgreSQL CPU that throughput needs
     budget: ConnectionBudget  # the connections of that host's workers
+    database: DatabaseSize | None = None  # what PostgreSQL's cost was measured on
 
     @property
     def per_core(self) -> float:
         """Requests per second one core of workers carries."""
         return 1000 / self.worker_ms if self.worker_ms else 0.0
+
+    def _measured_on(self) -> str:
+        """PostgreSQL's cost per request, against the data it was measured on."""
+        if self.database is None:
+            return "PostgreSQL's cost was measured on a database of unknown size."
+        largest = ", ".join(f"{name} ≈ {rows:,} rows" for name, rows, _ in self.database.tables)
+        return (
+            f"PostgreSQL's {self.postgres_ms:.2f} ms per request was measured on "
+            f"{largest or 'empty tables'}: {self.database.working_set()}."
+        )
 
     def describe(self) -> list[str]:
         """The plan, a sentence per line, for the report."""
@@ -206,6 +218,7 @@ class CapacityPlan:
             f"**{self.requests_per_second:.0f} req/s** "
             f"({self.cores} cores / {self.worker_ms + self.nginx_ms:.2f} ms), for which "
             f"PostgreSQL needs about {self.database_cores:.1f} cores.",
+            self._measured_on(),
             f"Connections: {budget.describe()}.",
             # Behind PgBouncer the workers' pools count against its client limit instead.
             f"A pooler (PgBouncer in transaction mode) becomes necessary beyond {beyond} on this "
@@ -215,9 +228,14 @@ class CapacityPlan:
         ]
 
 
-def capacity_plan(steps: list[Step], cores: int, budget: ConnectionBudget) -> CapacityPlan:
+def capacity_plan(
+    steps: list[Step],
+    cores: int,
+    budget: ConnectionBudget,
+    database: DatabaseSize | None = None,
+) -> CapacityPlan:
     """Project the sweep's per-request costs (medians over its steps) onto `cores`; `budget`
-    is the database's, for any worker count."""
+    is the database's, for any worker count; `database` what they were measured on."""
     measured = [s for s in steps if s.requests_per_second > 0]
     worker_ms = statistics.median(s.worker_ms_per_request for s in measured)
     nginx_ms = statistics.median(
@@ -239,4 +257,5 @@ def capacity_plan(steps: list[Step], cores: int, budget: ConnectionBudget) -> Ca
         requests_per_second=throughput,
         database_cores=throughput * postgres_ms / 1000,
         budget=dataclasses.replace(budget, workers=workers),
+        database=database,
     )

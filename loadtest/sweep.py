@@ -37,7 +37,7 @@ from deploy.native.processes import children
 from deploy.native.state import Stack
 from deploy.prometheus.client import SCRAPE_INTERVAL_SECONDS, Prometheus
 from loadtest import sweep_gate, sweep_report
-from loadtest.database_size import database_size
+from loadtest.database_size import BufferReads, buffer_reads, database_size
 from loadtest.plan import Step, capacity_plan, knee_count, predicted_knee, recommend
 from loadtest.run import load_generator_saturated
 from loadtest.sweep_config import SweepConfig, parse_args
@@ -111,6 +111,7 @@ def conclude(
     measured: list[Step],
     rendered: list[RowImage],
     window: tuple[float, float],
+    blocks: BufferReads | None = None,
 ) -> sweep_report.Report:
     """What the sweep's figures mean: the medians, the recommendation, the knee, the capacity
     plan and the caveats, as the report says them."""
@@ -120,6 +121,7 @@ def conclude(
     stack = Stack.from_environment()
     budget = connection_budget(stack.app_settings(), chosen.workers)
     size = database_size(stack.service_env()["DATABASE_URL"])
+    size = size.during(blocks) if size else None
     knee = predicted_knee(steps)
     notes = []
     if any(load_generator_saturated(s.locust_cpu, s.locust_processes) for s in steps):
@@ -142,7 +144,7 @@ def conclude(
         chosen=chosen,
         reason=reason,
         budget=budget.exceeded() or f"connection budget ok: {budget.describe()}",
-        plan=capacity_plan(steps, cores, budget.pools),
+        plan=capacity_plan(steps, cores, budget.pools, size),
         plan_note=(
             f"Projected onto {cores} cores "
             f"({'--plan-cores' if config.plan_cores else 'this machine'}'s); pass "
@@ -166,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
     config.out.mkdir(parents=True, exist_ok=True)
     original = len(children(master_pid()))
+    blocks = buffer_reads(Stack.from_environment().service_env()["DATABASE_URL"])
     started = time.time()
     runs = run_steps(config, original)
     finished = time.time()
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     prometheus = Prometheus(config.prometheus)
     measured = [run.step(Pools.observe(prometheus, run.start, run.end)) for run in runs]
     rendered = render_rows(prometheus, started, finished, config.out)
-    report = conclude(config, measured, rendered, (started, finished))
+    report = conclude(config, measured, rendered, (started, finished), blocks)
     print(sweep_report.write(report, config.out))
     print(f"sweep: report in {config.out / 'report.html'}; workers back to {original}")
     if config.gate is None:

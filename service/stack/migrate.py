@@ -125,8 +125,7 @@ async def upgrade(
         if status == 0:
             await keep_the_version_table_to_the_owner(connection)
             print(
-                f"migrations: at {after} (was {before}) after {attempts} attempt(s) "
-                f"in {took:.1f}s",
+                f"migrations: at {after} (was {before}) after {attempts} attempt(s) in {took:.1f}s",
                 flush=True,
             )
         elif status == LOCK_NOT_AVAILABLE:

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from loadtest.database_size import BufferReads, DatabaseSize
 from loadtest.plan import Step, capacity_plan, knee_count, predicted_knee, recommend
 from service.runtime.capacity import ConnectionBudget
 
@@ -128,6 +129,38 @@ def test_the_capacity_plan_projects_the_measured_costs_onto_a_host() -> None:
     assert "beyond **38 workers in all**, that is beyond 2 such hosts" in text
     # A small host still gets two workers.
     assert capacity_plan(steps, cores=1, budget=database).workers == 2
+
+
+def test_the_plan_says_what_postgresqls_cost_was_measured_on() -> None:
+    steps = [lab_step(1, 200), lab_step(2, 400)]
+    budget = ConnectionBudget(workers=1, per_worker=5, max_connections=200, reserved=3)
+    mb = 1024 * 1024
+    measured = DatabaseSize(
+        bytes=2_000 * mb,
+        tables=(("notes", 10_000_000, 1_900 * mb),),
+        shared_buffers=128 * mb,
+        index_bytes=400 * mb,
+        blocks=BufferReads(hits=1_999_000, reads=1_000),
+    )
+    start = BufferReads(hits=1_000_000, reads=0)
+    fitted = capacity_plan(steps, cores=4, budget=budget, database=measured.during(start))
+    text = " ".join(fitted.describe())
+    assert "0.20 ms per request was measured on notes ≈ 10,000,000 rows" in text
+    assert "served 99.9% of its block reads: the load's working set fitted" in text
+    assert "(its indexes, which every request walks, are 400.0 MB)" in text
+
+    outgrown = measured.during(BufferReads(hits=1_990_000, reads=0))
+    assert outgrown.hit_ratio == pytest.approx(9_000 / 10_000)
+    text = " ".join(capacity_plan(steps, cores=4, budget=budget, database=outgrown).describe())
+    assert "served only 90.0% of its block reads: the working set outgrew it" in text
+    assert "at least its indexes (400.0 MB) in shared_buffers" in text
+
+    # Nothing read during the load, or no figures: said, not guessed.
+    assert measured.during(BufferReads(hits=1_999_000, reads=1_000)).hit_ratio is None
+    assert "is unknown" in " ".join(
+        capacity_plan(steps, cores=4, budget=budget, database=measured).describe()
+    )
+    assert "unknown size" in " ".join(capacity_plan(steps, cores=4, budget=budget).describe())
 
 
 def test_the_recommendation_never_goes_below_two_workers() -> None:

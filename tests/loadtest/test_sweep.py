@@ -60,6 +60,11 @@ def test_sweep_measures_each_worker_count_and_recommends(stack: Stack, tmp_path:
     size = re.search(r"Measured on a database of [\d.,]+ [kMG]?B \(.*notes ≈ [\d,]+ rows", report)
     assert size is not None, report
     assert json.loads((tmp_path / "summary.json").read_text())["database"].startswith("Measured")
+    # The plan's PostgreSQL cost, against the rows and the buffer hits it was measured with.
+    measured_on = (
+        r"ms per request was measured on .*notes ≈ [\d,]+ rows.*: shared_buffers \(.*\) served"
+    )
+    assert re.search(measured_on + r" (only )?[\d.]+% of its block reads", report), report
     charts = ["throughput.png", "p99.png", "cpu.png", *(f"row-{row}.png" for row in ROWS)]
     for chart in charts:
         assert (tmp_path / chart).read_bytes()[:8] == PNG, chart

@@ -52,10 +52,17 @@ test-fast: install ## The tests that need no database and no server, in seconds
 	$(RUN_SYNCED) pytest -m "not database and not stack and not containers"
 
 .PHONY: lint
-lint: install ## Check formatting, lint (ruff) and types (mypy --strict)
+lint: install ## Check formatting, lint (ruff), types (mypy --strict) and the migrations (squawk)
 	$(RUN) ruff format --check .
 	$(RUN) ruff check .
 	$(RUN) mypy service migrations tests loadtest deploy gunicorn.conf.py
+	$(RUN_SYNCED) python -m deploy.lint_migrations $(PROJECT_MIGRATIONS)
+
+# The notes' migrations and the example app's: `make lint` checks both.
+PROJECT_MIGRATIONS := alembic.ini examples/inventory/alembic.ini
+.PHONY: lint-migrations
+lint-migrations: install ## squawk on each Alembic revision's upgrade SQL (alembic upgrade --sql), rules in .squawk.toml [MIGRATIONS=path/alembic.ini]
+	$(RUN_SYNCED) python -m deploy.lint_migrations $(or $(MIGRATIONS),$(PROJECT_MIGRATIONS))
 
 .PHONY: format
 format: install ## Format the code and apply safe lint fixes

@@ -42,20 +42,21 @@ def bound_lock_waits(milliseconds: int) -> None:
     DefaultDialect.engine_created = classmethod(engine_created)  # type: ignore[assignment,method-assign]
 
 
-def gave_up_waiting(exc: BaseException) -> DBAPIError | None:
-    """The statement error in `exc`'s chain that ended on `lock_timeout`, if one did."""
+def gave_up_waiting(exc: BaseException) -> str | None:
+    """The statement in `exc`'s chain that ended on `lock_timeout` ("" when the chain does not
+    say which), or None when no statement gave up waiting for a lock."""
     seen: set[int] = set()
     pending: list[BaseException | None] = [exc]
-    statement_error = None
+    statement = None
     while pending:
         current = pending.pop()
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, DBAPIError):
-            statement_error = statement_error or current
+        if isinstance(current, DBAPIError) and statement is None:
+            statement = str(current.statement or "")
         if getattr(current, "sqlstate", None) == _LOCK_NOT_AVAILABLE_SQLSTATE:
-            return statement_error or DBAPIError(None, None, current)
+            return statement or ""
         pending += [current.__cause__, current.__context__, getattr(current, "orig", None)]
     return None
 
@@ -73,7 +74,7 @@ def main(argv: list[str]) -> int:
         waited = gave_up_waiting(exc)
         if waited is None:
             raise
-        statement = " ".join(str(waited.statement or "").split())[:200]
+        statement = " ".join(waited.split())[:200]
         print(
             f"migrations: gave up waiting {seconds:g}s for a lock (MIGRATION_LOCK_TIMEOUT), "
             f"in: {statement or '?'}",

@@ -194,18 +194,15 @@ def migrate(env: dict[str, str]) -> None:
         [sys.executable, "-m", "service.stack.migrate"],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,  # one stream, in the order it was written
         text=True,
         check=False,
     )
-    said = [
-        line
-        for line in (result.stdout + result.stderr).splitlines()
-        if line.startswith("migrations: ")
-    ]
+    said = [line for line in result.stdout.splitlines() if line.startswith("migrations: ")]
     if result.returncode == LOCK_NOT_AVAILABLE:
         fail("\n".join(said))
     if result.returncode != 0:
-        fail(f"migrations failed:\n{result.stdout}{result.stderr}")
+        fail(f"migrations failed:\n{result.stdout}")
     for line in said:
         log(line)

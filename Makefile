@@ -29,7 +29,7 @@ install: $(UV) ## Install the locked Python dependencies into .venv (uv itself t
 
 .PHONY: deps
 deps: ## Install the Debian packages the stack and its tests need, when missing
-	deploy/native/install-deps postgres nginx prometheus
+	deploy/native/install-deps postgres nginx prometheus wrk
 
 .PHONY: test
 test: install deps ## Run the whole test suite against a real PostgreSQL (the container tier aside)
@@ -196,9 +196,9 @@ bench-scaling: install ## The scaling lab's gate on the running stack: 1 2 4 8 w
 		--run-time 10 --warmup 4 --processes 2 --check $(GATE_FLAGS)
 
 # The benchmarks `make bench` runs, in order (loadtest/bench/<name>.py): BENCH=stack runs one.
-BENCH ?= endpoints instructions stack observer log_line statements
+BENCH ?= endpoints instructions stack observer log_line statements datasize
 .PHONY: bench
-bench: install ## Side-by-side benchmarks, every ratio printed: the service against hand-written FastAPI and Starlette, the stack against uvicorn --workers N [BENCH=stack] [BENCH_FLAGS="--rounds 9"]
+bench: install ## Side-by-side benchmarks, every ratio printed: the service against hand-written FastAPI and Starlette, the stack against uvicorn --workers N, every endpoint at 10k/1M/10M notes [BENCH=stack] [BENCH_FLAGS="--rounds 9"]
 	deploy/native/install-deps wrk pgbouncer valgrind
 	$(foreach name,$(BENCH),$(RUN) python -m loadtest.bench.$(name) $(BENCH_FLAGS) &&) true
 

@@ -260,7 +260,7 @@ def main() -> None:
         print(f"| {figure} | {value} | {target} |")
 
 
-def _service_contenders(env: dict[str, str]) -> tuple[Contender, Contender]:
+def service_contenders(env: dict[str, str]) -> tuple[Contender, Contender]:
     """The service as deployed (access line at INFO, multiprocess metrics), and without its
     access line and request metrics."""
     deployed = {**env, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-")}
@@ -284,7 +284,7 @@ def _rate(figures: dict[str, list[Round]], label: str) -> str:
 def observability(env: dict[str, str], args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """What the access line and the request metrics cost one worker's reads: in rate, and in
     the worker's CPU per request."""
-    service, unobserved = _service_contenders(env)
+    service, unobserved = service_contenders(env)
     rounds = argparse.Namespace(
         **{**vars(args), "rounds": args.observability_rounds, "seconds": args.observability_seconds}
     )
@@ -308,7 +308,7 @@ def everything(
     env: dict[str, str], dsn: str, args: argparse.Namespace
 ) -> list[tuple[str, str, str]]:
     """Every contender: reads, writes, PgBouncer and memory, as the rows of the table."""
-    service, _ = _service_contenders(env)
+    service, _ = service_contenders(env)
     bare = Contender("bare Starlette + asyncpg", ["loadtest.bench.contenders:bare"], 18101, env)
     fastapi = Contender("FastAPI + asyncpg", ["loadtest.bench.contenders:fastapi_raw"], 18102, env)
     with ExitStack() as stack:

@@ -79,7 +79,7 @@ def _children(pid: int | None) -> list[int]:
     return _tree(pid)[1:]
 
 
-def _backends(database: BenchDatabase) -> list[int]:
+def backends(database: BenchDatabase) -> list[int]:
     """PostgreSQL's backends serving the benchmark's database."""
 
     async def query() -> list[int]:
@@ -132,7 +132,7 @@ def stack(
             "monitoring": [
                 pid for name in monitoring.DAEMONS if (pid := read_pid(layout.pidfile(name)))
             ],
-            "PostgreSQL": _backends(database),
+            "PostgreSQL": backends(database),
         }
 
     try:
@@ -173,11 +173,11 @@ def bare(database: BenchDatabase, workers: int) -> Iterator[Server]:
 
         def parts() -> dict[str, list[int]]:
             if workers == 1:  # uvicorn serves in its own process, without a supervisor
-                return {"workers": [process.pid], "PostgreSQL": _backends(database)}
+                return {"workers": [process.pid], "PostgreSQL": backends(database)}
             return {
                 "uvicorn supervisor": [process.pid],
                 "workers": _children(process.pid),
-                "PostgreSQL": _backends(database),
+                "PostgreSQL": backends(database),
             }
 
         yield Server(f"uvicorn --workers {workers}", port, parts)

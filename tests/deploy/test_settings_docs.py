@@ -26,6 +26,7 @@ def test_the_generated_files_name_every_file_that_declares_settings() -> None:
     sources = settings_docs.sources()
     assert sources == [
         "service/config.py",
+        "service/stack/migrate.py",
         "deploy/native/settings.py",
         "deploy/compose/settings.py",
     ]

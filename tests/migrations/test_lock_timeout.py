@@ -17,7 +17,7 @@ from sqlalchemy.engine import URL
 from service.database.urls import asyncpg_dsn
 from service.stack.alembic_run import LOCK_NOT_AVAILABLE
 from service.stack.migrate import LONGEST_RETRY_DELAY, retry_delay
-from tests.next_release import REVISION, Checkout
+from tests.next_release import REVISION, Checkout, schema
 from tests.postgres import ROOT, fresh_database
 
 PREVIOUS = "0003_count_notes_as_written"
@@ -85,23 +85,6 @@ async def waiting_for_access_exclusive(url: URL, seconds: float = 30) -> None:
         ):
             assert time.monotonic() < deadline, "the migration never waited for its lock"
             await asyncio.sleep(0.02)
-    finally:
-        await connection.close()
-
-
-async def schema(url: URL) -> tuple[str, bool, bool | None]:
-    """The revision, whether notes.priority exists, and whether its index is valid."""
-    connection = await asyncpg.connect(asyncpg_dsn(url))
-    try:
-        revision = await connection.fetchval("SELECT version_num FROM alembic_version")
-        column = await connection.fetchval(
-            "SELECT count(*) = 1 FROM information_schema.columns "
-            "WHERE table_name = 'notes' AND column_name = 'priority'"
-        )
-        valid = await connection.fetchval(
-            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('ix_notes_priority')"
-        )
-        return revision, column, valid
     finally:
         await connection.close()
 

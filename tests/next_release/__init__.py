@@ -9,7 +9,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
+from sqlalchemy.engine import URL
+
 from service.config import ROOT
+from service.database.urls import asyncpg_dsn
 
 HERE = Path(__file__).resolve().parent
 REVISION = "0004_note_priority"
@@ -61,3 +65,21 @@ class Checkout:
         app = self.root / "release_app.py"
         shutil.copy(HERE / "release_app.py", app)
         app.chmod(0o644)
+
+
+async def schema(database: URL) -> tuple[str, bool, bool | None]:
+    """Where the release has got to: the revision, whether notes.priority exists, and whether
+    its index is valid (None: no index)."""
+    connection = await asyncpg.connect(asyncpg_dsn(database))
+    try:
+        revision = await connection.fetchval("SELECT version_num FROM alembic_version")
+        column = await connection.fetchval(
+            "SELECT count(*) = 1 FROM information_schema.columns "
+            "WHERE table_name = 'notes' AND column_name = 'priority'"
+        )
+        valid = await connection.fetchval(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('ix_notes_priority')"
+        )
+        return revision, column, valid
+    finally:
+        await connection.close()

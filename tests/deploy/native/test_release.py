@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy.engine import URL
 
 from service.database.urls import asyncpg_dsn
-from tests.next_release import REVISION, Checkout
+from tests.next_release import REVISION, Checkout, schema
 from tests.postgres import ROOT, fresh_database
 from tests.stack import Load, Stack, background_load, running_stack
 
@@ -98,19 +98,6 @@ async def readiness_watched(url: str) -> AsyncIterator[Counter[int | str]]:
         await task
 
 
-async def schema(database: URL) -> tuple[str, bool]:
-    connection = await asyncpg.connect(asyncpg_dsn(database))
-    try:
-        revision = await connection.fetchval("SELECT version_num FROM alembic_version")
-        column = await connection.fetchval(
-            "SELECT count(*) = 1 FROM information_schema.columns "
-            "WHERE table_name = 'notes' AND column_name = 'priority'"
-        )
-        return revision, column
-    finally:
-        await connection.close()
-
-
 def with_env(stack: Stack, **env: str) -> Stack:
     return dataclasses.replace(stack, env={**stack.env, **env})
 
@@ -143,7 +130,7 @@ async def test_a_release_whose_migration_cannot_get_its_lock_stops_before_the_re
     assert "gave up after 3 attempts" in result.stderr
     assert "release stopped before the reload: the running code keeps serving" in result.stderr
     assert stack.master_pid() == master
-    assert await schema(stack.database) == (PREVIOUS, False)
+    assert await schema(stack.database) == (PREVIOUS, False, None)
     async with httpx.AsyncClient(base_url=stack.url) as client:
         assert (await client.get("/api/v1/notes/1/priority")).status_code == 404
     assert not load.result.unexpected(), load.result.counts()
@@ -173,7 +160,7 @@ async def test_a_release_under_load_fails_nothing_and_serves_the_new_column(
         await asyncio.sleep(1)
     assert result.returncode == 0
     assert stack.master_pid() != master
-    assert await schema(stack.database) == (REVISION, True)
+    assert await schema(stack.database) == (REVISION, True, True)
     assert not load.result.unexpected(), load.result.counts()
     assert not load.result.retries, load.result.retries
     assert set(ready) == {200}, ready

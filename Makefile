@@ -36,7 +36,7 @@ test: install deps ## Run the whole test suite against a real PostgreSQL (the co
 	$(RUN_SYNCED) pytest -m "not containers"
 
 .PHONY: test-containers
-test-containers: install deps ## The tests of the built image, with the real Docker engine (started as root when none runs)
+test-containers: install deps ## The tests of the built image and of Compose with the local stand-ins, with the real Docker engine (started as root when none runs)
 	$(RUN_SYNCED) pytest -m containers
 
 .PHONY: image
@@ -72,29 +72,25 @@ format: install ## Format the code and apply safe lint fixes
 STACK := $(RUN) python -m deploy.native
 WORKERS ?=
 # ENGINE=native (the default): the topology as local processes. ENGINE=docker: the same in
-# containers, with Docker Compose: v2's `docker compose` if present, else Debian's
-# docker-compose 1.29. A running engine alone never switches modes: it may be one that cannot
-# pull the images (docs/operations.md).
+# containers, with Docker Compose (deploy/compose/cli.py): v2's `docker compose` if present,
+# else Debian's docker-compose 1.29, and it says which. A running engine alone never switches
+# modes: it may be one that cannot pull the images (docs/operations.md).
 ENGINE ?= native
 ifeq ($(filter native docker,$(ENGINE)),)
 $(error ENGINE must be native or docker, not '$(ENGINE)')
 endif
-# Evaluated only by the recipes that use it, in docker mode.
-COMPOSE = $(or $(shell docker compose version >/dev/null 2>&1 && echo 'docker compose'),$(shell command -v docker-compose),$(error ENGINE=docker needs Docker Compose: docker compose (v2) or docker-compose))
 # POOLER=pgbouncer: PgBouncer (transaction mode) between the workers and PostgreSQL.
-COMPOSE_FILES := -f docker-compose.yml $(if $(filter pgbouncer,$(POOLER)),-f deploy/compose/pgbouncer.yml)
+# STANDINS=local: local images of PostgreSQL and nginx where no registry answers
+# (deploy/compose/standins.yml). SERVICES="nginx": only these and what they depend on.
+COMPOSE = $(RUN) python -m deploy.compose.cli $(if $(filter pgbouncer,$(POOLER)),--pooler pgbouncer) $(if $(filter local,$(STANDINS)),--standins)
 define refuse_in_compose
 	@echo 'make $(1): refused with Docker Compose: $(2)' >&2; exit 2
 endef
 
 .PHONY: up
-up: install ## Start the stack (native processes; ENGINE=docker: Docker Compose) and wait for /readyz [POOLER=pgbouncer] [APP=... APP_PATH=... MIGRATIONS=...]
+up: install ## Start the stack (native processes; ENGINE=docker: Docker Compose) and wait for /readyz [POOLER=pgbouncer] [APP=... APP_PATH=... MIGRATIONS=...] [ENGINE=docker STANDINS=local SERVICES=...]
 ifeq ($(ENGINE),docker)
-	@test -f .env || { echo 'make up: Docker Compose needs .env: cp .env.example .env, then replace every change-me' >&2; exit 2; }
-	@$(RUN) python -m deploy.compose.settings .env
-	@echo "make up: ENGINE=docker with $(COMPOSE)"
-	$(COMPOSE) $(COMPOSE_FILES) up --detach --wait
-	@echo "stack: ready at http://127.0.0.1:$${HTTP_PORT:-8080}/api/v1/notes"
+	$(COMPOSE) up $(SERVICES)
 else
 	$(STACK) up
 endif
@@ -102,7 +98,7 @@ endif
 .PHONY: down
 down: ## Stop everything `make up` started and free every port
 ifeq ($(ENGINE),docker)
-	$(COMPOSE) $(COMPOSE_FILES) down --remove-orphans
+	$(COMPOSE) down
 else
 	$(STACK) down
 endif
@@ -118,7 +114,7 @@ endif
 .PHONY: logs
 logs: ## Follow the logs (.run/logs/, or the containers')
 ifeq ($(ENGINE),docker)
-	$(COMPOSE) logs --follow
+	$(COMPOSE) logs
 else
 	$(STACK) logs
 endif

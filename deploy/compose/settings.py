@@ -5,7 +5,7 @@ Declared here so that docs/settings.md and .env.example list them with the rest.
     python -m deploy.compose.settings [.env]
 
 refuses (exit 1) a .env that says ENVIRONMENT=production and still holds a placeholder secret
-(.env.example's `change-me`): `make up ENGINE=docker` runs it before Compose.
+(.env.example's `change-me`): `make up ENGINE=docker` (deploy/compose/cli.py) checks it first.
 """
 
 import sys
@@ -61,17 +61,23 @@ def placeholders(env: Mapping[str, str | None]) -> list[str]:
     return sorted(found)
 
 
+def refusal(path: Path) -> str | None:
+    """Why the .env file at `path` may not start the stack (None: it may)."""
+    found = placeholders(dotenv_values(path))
+    if not found:
+        return None
+    names = ", ".join(found)
+    return (
+        f"{path}: ENVIRONMENT=production with placeholder secrets in {names}: replace each "
+        "change-me with a real secret"
+    )
+
+
 def main() -> None:
     """Check the .env file named on the command line (default ./.env)."""
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else ".env")
-    found = placeholders(dotenv_values(path))
-    if found:
-        names = ", ".join(found)
-        print(
-            f"{path}: ENVIRONMENT=production with placeholder secrets in {names}: replace each "
-            "change-me with a real secret",
-            file=sys.stderr,
-        )
+    refused = refusal(Path(sys.argv[1] if len(sys.argv) > 1 else ".env"))
+    if refused:
+        print(refused, file=sys.stderr)
         sys.exit(1)
 
 

@@ -20,6 +20,7 @@ import os
 import random
 import sys
 import time
+from pathlib import Path
 
 import asyncpg
 
@@ -34,6 +35,7 @@ from service.config import (
 from service.database.urls import asyncpg_dsn, quoted
 from service.stack.alembic_run import LOCK_NOT_AVAILABLE
 
+STACK_ROOT = Path(__file__).resolve().parents[2]
 # Any constant bigint works; this one spells "stackmig" in ASCII.
 STACK_MIGRATION_LOCK_ID = 0x737461636B6D6967
 FIRST_RETRY_DELAY = 1.0
@@ -75,13 +77,14 @@ def alembic_argv(settings: WorkerSettings, *command: str) -> list[str]:
 
 
 def alembic_env(settings: WorkerSettings, migration: MigrationSettings) -> dict[str, str]:
-    """The environment Alembic runs in: `APP_PATH` first on the import path, and the lock
-    timeout."""
-    app_path = str(settings.app_path.resolve())
-    python_path = os.environ.get("PYTHONPATH", "")
+    """The environment Alembic runs in: `APP_PATH` first on the import path, then the stack's
+    own root (Alembic runs under `service.stack.alembic_run` from the directory of
+    `MIGRATIONS`, where the stack is importable only if installed: the image does not install
+    it), and the lock timeout."""
+    paths = [str(settings.app_path.resolve()), str(STACK_ROOT), os.environ.get("PYTHONPATH", "")]
     return {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [app_path, python_path])),
+        "PYTHONPATH": os.pathsep.join(dict.fromkeys(filter(None, paths))),
         "MIGRATION_LOCK_TIMEOUT": str(migration.migration_lock_timeout),
     }
 

@@ -7,6 +7,8 @@ non-root user, a read-only root filesystem, no capabilities, a tmpfs for /tmp.
 """
 
 import json
+import os
+import re
 import subprocess
 import sys
 import time
@@ -20,37 +22,20 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from deploy.image.build import docker_cli, ensure_engine
 from deploy.native.processes import free_port
 from service.stack.heads import alembic_heads
+from tests.containers.engine import docker
+from tests.containers.roles import check_the_two_roles
 from tests.metrics import parse, value
-from tests.postgres import ROOT, fresh_database, run_sync
+from tests.postgres import PG_CLUSTER, ROOT, admin_execute, fresh_database, run_sync
 
+KUBERNETES_DOC = ROOT / "docs" / "kubernetes.md"
 HARDENED = ["--read-only", "--cap-drop", "ALL", "--tmpfs", "/tmp:rw,mode=1777"]  # noqa: S108
 INVENTORY_ENV = {
     "APP": "inventory.main:app",
     "APP_PATH": "examples/inventory",
     "MIGRATIONS": "examples/inventory/alembic.ini",
 }
-
-
-def docker(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [docker_cli(), *argv], capture_output=True, text=True, timeout=300, check=False
-    )
-    if check:
-        assert result.returncode == 0, f"docker {' '.join(argv)}:\n{result.stderr}"
-    return result
-
-
-@pytest.fixture(scope="session")
-def engine() -> Iterator[None]:
-    """A Docker engine: the running one, or dockerd started for this tier and stopped after."""
-    started = ensure_engine()
-    yield
-    if started is not None:
-        started.terminate()
-        started.wait(timeout=60)
 
 
 def build(tag: str, *argv: str) -> str:
@@ -173,12 +158,80 @@ def test_it_runs_as_its_user_with_a_read_only_root_and_no_capabilities(notes_ima
 def test_the_migration_command_brings_the_schema_to_head(
     notes_image: str, notes_database: URL
 ) -> None:
-    """Compose's `migrate` and the Kubernetes Job run `python -m service.stack.migrate`."""
+    """Compose's `migrate` and the Kubernetes Job run `python -m service.stack.migrate`
+    (both with the two roles: below, and tests/containers/test_compose.py)."""
     result = run(notes_image, database_env(notes_database), "python", "-m", "service.stack.migrate")
     assert result.returncode == 0, result.stdout + result.stderr
     assert run_sync(schema_revision(notes_database)) in alembic_heads()
     again = run(notes_image, database_env(notes_database), "python", "-m", "service.stack.migrate")
     assert again.returncode == 0, again.stderr
+
+
+def operator_steps(database: str, app: str, app_password: str) -> str:
+    """docs/kubernetes.md's shell block that makes the app role, as written, for this
+    database (whose owner has its name, as `notes` owns `notes` there) and app role."""
+    text = KUBERNETES_DOC.read_text()
+    section = text[text.index("## The roles and Secrets to create") :]
+    block = re.search(r"```\n(.*?)```", section, re.DOTALL)
+    assert block, "docs/kubernetes.md: no shell block under 'The roles and Secrets to create'"
+    script = block.group(1).replace("APP-PASSWORD", app_password)
+    script = re.sub(r"\bnotes_app\b", app, script)
+    return re.sub(r"\bnotes\b", database, script)
+
+
+@pytest.fixture
+def kubernetes_database(pg_server: URL) -> Iterator[tuple[URL, URL]]:
+    """A database as docs/kubernetes.md has the operator make it: an owner role that is no
+    superuser owning it, then the documented psql steps run by a superuser (the app role,
+    PUBLIC's rights revoked, grant-app-role.sql). The owner's URL and the app role's."""
+    with fresh_database(pg_server, prefix="k8s") as url:
+        name = str(url.database)
+        app, owner_password, app_password = f"{name}_app", uuid.uuid4().hex, uuid.uuid4().hex
+        run_sync(
+            admin_execute(
+                url,
+                f'CREATE ROLE "{name}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE '
+                f"PASSWORD '{owner_password}'",
+                f'ALTER DATABASE "{name}" OWNER TO "{name}"',
+            )
+        )
+        try:
+            bindir = subprocess.run(
+                [PG_CLUSTER, "bindir"], capture_output=True, text=True, check=True
+            ).stdout.strip()
+            env = {
+                "PATH": f"{bindir}:{os.environ['PATH']}",
+                "PGHOST": url.host or "127.0.0.1",
+                "PGPORT": str(url.port or 5432),
+                "PGUSER": url.username or "postgres",
+                **({"PGPASSWORD": url.password} if url.password else {}),
+            }
+            steps = subprocess.run(
+                ["/bin/bash", "-euo", "pipefail", "-c", operator_steps(name, app, app_password)],
+                cwd=ROOT, env=env, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            assert steps.returncode == 0, steps.stdout + steps.stderr
+            owner_url = url.set(username=name, password=owner_password)
+            yield owner_url, url.set(username=app, password=app_password)
+        finally:
+            run_sync(admin_execute(url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            run_sync(admin_execute(url, f'DROP ROLE IF EXISTS "{app}"', f'DROP ROLE "{name}"'))
+
+
+def test_the_migration_command_as_the_owner_leaves_the_app_role_only_rows(
+    notes_image: str, kubernetes_database: tuple[URL, URL]
+) -> None:
+    """The Kubernetes Job's command from the image, as the owner, on a database the operator
+    made as docs/kubernetes.md says: at head, every table the owner's, the app role limited to
+    rows; then the image served as the app role is ready and writes."""
+    owner, app = kubernetes_database
+    result = run(notes_image, database_env(owner), "python", "-m", "service.stack.migrate")
+    assert result.returncode == 0, result.stdout + result.stderr
+    revision = run_sync(check_the_two_roles(owner, app))
+    print(f"\nmigrated as {owner.username} to {revision}; {app.username} may only touch rows")
+    with serve(notes_image, database_env(app)) as served:
+        created = httpx.post(f"{served.url}/api/v1/notes", json={"text": "as the app role"})
+        assert created.status_code == 201, created.text
 
 
 def test_the_notes_container_serves_the_api_metrics_and_json_logs(

@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 
 from deploy import settings_docs
 from deploy.compose.settings import placeholders as compose_placeholders
+from deploy.image.build import BASE_IMAGE, DEFAULT_TAG
 from deploy.native import nginx
 from deploy.native.layout import RunLayout
 from deploy.native.settings import StackSettings, cidrs
@@ -793,3 +794,60 @@ def test_the_pooler_override_puts_pgbouncer_between_app_and_db_only() -> None:
     assert load_settings(db_pooler=app["environment"]["DB_POOLER"]).db_pooler == "pgbouncer"
     assert depends_on(app) == {"pgbouncer": {"condition": "service_started"}}
     assert "migrate" not in override  # its advisory lock needs a session of its own
+
+
+# --- Local stand-ins (make up ENGINE=docker STANDINS=local) -------------------------------------
+
+STANDINS_FILE = ROOT / "deploy" / "compose" / "standins.yml"
+# The official images' stop signals: PostgreSQL's fast shutdown, nginx's graceful stop.
+STOP_SIGNALS = {"db": "SIGINT", "nginx": "SIGQUIT"}
+
+
+def test_the_standins_override_matches_the_compose_spec() -> None:
+    status, printed = compose_schema_check(STANDINS_FILE)
+    assert status == 0, printed
+
+
+def test_the_standins_replace_only_the_images_of_db_and_nginx() -> None:
+    """Each stand-in changes an image and how it is built, nothing of the service: command,
+    volumes, networks, healthcheck and settings stay docker-compose.yml's. Each is built on
+    the local base `make image` makes, passes hadolint, and stops as the official one does
+    (tests/containers/test_compose.py runs them)."""
+    override = YAML(typ="safe", pure=True).load(STANDINS_FILE)["services"]
+    assert set(override) == set(STOP_SIGNALS)
+    for name, service in override.items():
+        assert set(service) == {"image", "build"}, name
+        assert service["image"] != services()[name]["image"]
+        context = ROOT / service["build"]["context"]
+        result = run_tool(str(BIN / "hadolint"), "--no-color", str(context / "Dockerfile"))
+        assert result.returncode == 0, result.stdout + result.stderr
+        parsed = buildkit_parser.parse_file(str(context / "Dockerfile"))
+        args = [c.value[0] for c in parsed if str(c.cmd).upper() == "ARG"]
+        assert args == [f"BASE_IMAGE={BASE_IMAGE}"], args
+        assert [c.value for c in parsed if str(c.cmd).upper() == "FROM"] == [("${BASE_IMAGE}",)]
+        signals = [c.value[0] for c in parsed if str(c.cmd).upper() == "STOPSIGNAL"]
+        assert signals == [STOP_SIGNALS[name]], name
+    entrypoint = ROOT / "deploy" / "compose" / "standins" / "postgres" / "entrypoint.sh"
+    checked = run_tool("/bin/sh", "-n", str(entrypoint))
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_compose_runs_the_image_make_image_builds() -> None:
+    found = services()
+    assert found["app"]["image"] == found["migrate"]["image"] == DEFAULT_TAG
+
+
+def test_make_hands_docker_mode_to_the_compose_cli() -> None:
+    """make's own expansion of the recipes (`make -n`), for each knob."""
+
+    def recipe(*argv: str) -> str:
+        result = run_tool("make", "--no-print-directory", "-n", *argv)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.splitlines()[-1]
+
+    cli = "python -m deploy.compose.cli"
+    up = recipe("up", "ENGINE=docker", "POOLER=pgbouncer", "STANDINS=local", "SERVICES=nginx")
+    assert up.endswith(f"{cli} --pooler pgbouncer --standins up nginx"), up
+    assert recipe("down", "ENGINE=docker").split()[-4:] == [*cli.split(), "down"]
+    assert recipe("status", "ENGINE=docker").split()[-4:] == [*cli.split(), "ps"]
+    assert recipe("up").endswith("python -m deploy.native up")

@@ -130,7 +130,7 @@ rotate-logs: ## Rotate every log under .run/logs/ now; the rotator `make up` sta
 .PHONY: reload
 reload: ## Reload code and config with zero failed requests (USR2, wait for new workers, TERM old)
 ifeq ($(ENGINE),docker)
-	$(call refuse_in_compose,reload,gunicorn is PID 1 there; rebuild and replace the container: docker compose up --detach --build app)
+	$(call refuse_in_compose,reload,gunicorn is PID 1 there; rebuild and replace the container: make up ENGINE=docker)
 else
 	$(STACK) reload
 endif
@@ -138,7 +138,7 @@ endif
 .PHONY: release
 release: install ## Release new code with a schema change: migrate (each statement under MIGRATION_LOCK_TIMEOUT, retried), then reload, then report; the running code keeps serving if the migrations cannot get their locks
 ifeq ($(ENGINE),docker)
-	$(call refuse_in_compose,release,run the migrate service and then replace the app container: docker compose run --rm migrate && docker compose up --detach --build app)
+	$(call refuse_in_compose,release,make up ENGINE=docker runs the migrate service before it replaces the app containers)
 else
 	$(STACK) release
 endif

@@ -15,8 +15,9 @@ import sys
 from typing import Any
 
 from sqlalchemy import Engine, event
-from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import DBAPIError
+
+from service.stack.every_engine import on_every_engine
 
 # sysexits.h's EX_TEMPFAIL: try again later.
 LOCK_NOT_AVAILABLE = 75
@@ -26,9 +27,8 @@ _LOCK_NOT_AVAILABLE_SQLSTATE = "55P03"
 def bound_lock_waits(milliseconds: int) -> None:
     """From now on, every PostgreSQL connection an engine of this process opens waits at most
     `milliseconds` for any lock (set at the connection's start, outside any transaction)."""
-    previous = DefaultDialect.engine_created
 
-    def engine_created(cls: type[DefaultDialect], engine: Engine) -> None:
+    def bound(engine: Engine) -> None:
         @event.listens_for(engine, "do_connect")
         def bounded(dialect: Any, record: Any, args: Any, params: dict[str, Any]) -> None:
             if dialect.driver == "asyncpg":
@@ -37,9 +37,7 @@ def bound_lock_waits(milliseconds: int) -> None:
                 options = params.get("options", "")
                 params["options"] = f"{options} -c lock_timeout={milliseconds}".strip()
 
-        previous.__func__(cls, engine)  # type: ignore[attr-defined]
-
-    DefaultDialect.engine_created = classmethod(engine_created)  # type: ignore[assignment,method-assign]
+    on_every_engine(bound)
 
 
 def gave_up_waiting(exc: BaseException) -> str | None:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, event, text
-from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.util import greenlet_spawn
 
 from service.observability.metrics import POOL_IDLE, POOL_IN_USE, POOL_MAX, POOL_OVERFLOW
+from service.stack.every_engine import on_every_engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,14 +169,12 @@ def watch_engines(stack_name: str = "notes", pooler: str = "none") -> None:
     global _installed  # noqa: PLW0603 (one hook per process, installed once)
     if _installed:
         return
-    previous = DefaultDialect.engine_created
 
-    def engine_created(cls: type[DefaultDialect], engine: Engine) -> None:
+    def watch(engine: Engine) -> None:
         REGISTRY.add(engine)
         _adapt_connections(engine, stack_name, pooler)
-        previous.__func__(cls, engine)  # type: ignore[attr-defined]
 
-    DefaultDialect.engine_created = classmethod(engine_created)  # type: ignore[assignment,method-assign]
+    on_every_engine(watch)
     _installed = True
 
 

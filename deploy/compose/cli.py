@@ -36,7 +36,7 @@ from dotenv import dotenv_values
 
 from deploy.compose.settings import refusal
 from deploy.image.build import DEFAULT_TAG, build, docker_cli, ensure_engine, local_base
-from deploy.native.processes import StackError, fail, http_status, log
+from deploy.native.processes import StackError, fail, http_status, log, run_helper
 from service.config import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -86,20 +86,12 @@ def find() -> Compose:
 
 
 def ensure_compose() -> Compose:
-    """The Compose that is here; as root on Debian with none, Debian's docker-compose
-    installed first, as the other commands install what they need."""
+    """The Compose that is here; with none, Debian's docker-compose installed first
+    (`install-deps compose`), as the other commands install what they need."""
     try:
         return find()
     except StackError:
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            raise
-    log("compose: none found; installing Debian's docker-compose")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker-compose"]
-    for argv in (["apt-get", "update", "-qq"], install):
-        result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            fail(f"{' '.join(argv)} failed:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+        run_helper("install-deps", "compose")
     return find()
 
 

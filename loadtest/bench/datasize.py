@@ -46,7 +46,6 @@ from pathlib import Path
 import asyncpg
 
 from deploy.native.processes import free_port
-from deploy.native.seed import seed
 from loadtest.bench.endpoints import service_contenders, serving
 from loadtest.bench.harness import (
     BenchDatabase,
@@ -196,13 +195,6 @@ class Figures:
         )
 
 
-def _grown(database: BenchDatabase, notes: int) -> None:
-    """`notes` notes seeded by `make seed`'s function, then vacuumed and analyzed: the table
-    as autovacuum leaves it, not one whose first readers must set every row's hint bits."""
-    asyncio.run(seed(database.url, notes))
-    asyncio.run(_sql(database.dsn, "VACUUM ANALYZE notes"))
-
-
 def _restored(size: Size) -> None:
     """The notes the benchmark added deleted, and what its writes left vacuumed."""
     asyncio.run(_sql(size.database.dsn, "DELETE FROM notes WHERE id > $1", size.notes))
@@ -271,8 +263,10 @@ def sized(notes: list[int]) -> Iterator[list[Size]]:
     with ExitStack() as stack, ThreadPoolExecutor(len(notes)) as pool:
 
         def made(count: int) -> Size:
-            database = stack.enter_context(bench_database(0))
-            _grown(database, count)
+            database = stack.enter_context(bench_database(count))
+            # As autovacuum would leave it: not a table whose first readers must set every
+            # row's hint bits.
+            asyncio.run(_sql(database.dsn, "VACUUM notes"))
             env = {**os.environ, "DATABASE_URL": database.url, "LOG_LEVEL": "INFO"}
             env["ENVIRONMENT"] = "test"
             deployed, _ = service_contenders(env)

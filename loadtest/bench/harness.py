@@ -27,6 +27,7 @@ import asyncpg
 import psutil
 
 from deploy.native.processes import children_cpu_seconds
+from deploy.native.seed import seed
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
@@ -201,7 +202,7 @@ class BenchDatabase:
 @contextmanager
 def bench_database(rows: int) -> Iterator[BenchDatabase]:
     """A fresh database on DATABASE_URL's server, migrated to head and seeded with `rows`
-    notes; dropped when the block ends."""
+    notes (`make seed`'s statement, then ANALYZE); dropped when the block ends."""
     server = os.environ.get("DATABASE_URL", DEFAULT_SERVER)
     name = f"notes_bench_{uuid.uuid4().hex[:8]}"
     base = server.rsplit("/", 1)[0]
@@ -216,15 +217,8 @@ def bench_database(rows: int) -> Iterator[BenchDatabase]:
             check=True,
             capture_output=True,
         )
-        asyncio.run(
-            _execute(
-                database.dsn,
-                "INSERT INTO notes (text, completed) "
-                "SELECT 'note number ' || n, n % 3 = 0 FROM generate_series(1, $1) AS n",
-                rows,
-            )
-        )
-        asyncio.run(_execute(database.dsn, "ANALYZE notes"))
+        if rows:
+            asyncio.run(seed(database.url, rows))
         yield database
     finally:
         asyncio.run(_execute(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

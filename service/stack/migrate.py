@@ -147,7 +147,8 @@ async def upgrade(
 async def _attempts(settings: WorkerSettings, migration: MigrationSettings) -> tuple[int, int]:
     """Alembic's exit status and how many times it ran."""
     assert settings.migrations is not None  # noqa: S101 (checked by the caller)
-    for attempt in range(1, migration.migration_attempts + 1):
+    attempt = 1
+    while True:
         process = await asyncio.create_subprocess_exec(
             *alembic_argv(settings, "upgrade", "head"),
             cwd=settings.migrations.resolve().parent,
@@ -163,7 +164,7 @@ async def _attempts(settings: WorkerSettings, migration: MigrationSettings) -> t
             flush=True,
         )
         await asyncio.sleep(delay)
-    raise AssertionError  # unreachable: the last attempt returns
+        attempt += 1
 
 
 async def keep_the_version_table_to_the_owner(connection: asyncpg.Connection) -> None:

@@ -10,11 +10,15 @@ working set fitted in PostgreSQL's own cache.
 
 import asyncio
 import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import asyncpg
 
 from service.database.urls import asyncpg_dsn
+
+T = TypeVar("T")
 
 _TABLES = """
 SELECT c.relname AS name, greatest(c.reltuples, 0)::bigint AS rows,
@@ -111,27 +115,19 @@ def _size(count: int) -> str:
     return f"{size:,.1f} TB"  # unreachable: GB is the last unit
 
 
-async def _read(database_url: str) -> DatabaseSize:
-    connection = await asyncpg.connect(
-        asyncpg_dsn(database_url), statement_cache_size=0, timeout=10
+async def _measured(connection: asyncpg.Connection) -> DatabaseSize:
+    total = await connection.fetchval("SELECT pg_database_size(current_database())")
+    tables = await connection.fetch(_TABLES)
+    buffers = await connection.fetchval(
+        "SELECT setting::bigint * pg_size_bytes(unit) FROM pg_settings "
+        "WHERE name = 'shared_buffers'"
     )
-    try:
-        total = await connection.fetchval("SELECT pg_database_size(current_database())")
-        tables = await connection.fetch(_TABLES)
-        buffers = await connection.fetchval(
-            "SELECT setting::bigint * pg_size_bytes(unit) FROM pg_settings "
-            "WHERE name = 'shared_buffers'"
-        )
-        indexes = await connection.fetchval(_INDEXES)
-        blocks = await _blocks(connection)
-    finally:
-        await connection.close()
     return DatabaseSize(
         bytes=int(total),
         tables=tuple((row["name"], int(row["rows"]), int(row["bytes"])) for row in tables),
         shared_buffers=int(buffers),
-        index_bytes=int(indexes),
-        blocks=blocks,
+        index_bytes=int(await connection.fetchval(_INDEXES)),
+        blocks=await _blocks(connection),
     )
 
 
@@ -140,27 +136,29 @@ async def _blocks(connection: asyncpg.Connection) -> BufferReads:
     return BufferReads(hits=int(row["blks_hit"]), reads=int(row["blks_read"]))
 
 
-async def _read_blocks(database_url: str) -> BufferReads:
-    connection = await asyncpg.connect(
-        asyncpg_dsn(database_url), statement_cache_size=0, timeout=10
-    )
+def _read(database_url: str, read: Callable[[asyncpg.Connection], Awaitable[T]]) -> T | None:
+    """What `read` finds on one connection to `database_url`; None when it cannot be read."""
+
+    async def on_a_connection() -> T:
+        connection = await asyncpg.connect(
+            asyncpg_dsn(database_url), statement_cache_size=0, timeout=10
+        )
+        try:
+            return await read(connection)
+        finally:
+            await connection.close()
+
     try:
-        return await _blocks(connection)
-    finally:
-        await connection.close()
+        return asyncio.run(on_a_connection())
+    except (OSError, asyncpg.PostgresError, TimeoutError):
+        return None
 
 
 def buffer_reads(database_url: str) -> BufferReads | None:
     """The database's block reads so far, or None when they cannot be read."""
-    try:
-        return asyncio.run(_read_blocks(database_url))
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return None
+    return _read(database_url, _blocks)
 
 
 def database_size(database_url: str) -> DatabaseSize | None:
     """The database's size, or None when it cannot be read (the report says so)."""
-    try:
-        return asyncio.run(_read(database_url))
-    except (OSError, asyncpg.PostgresError, TimeoutError):
-        return None
+    return _read(database_url, _measured)

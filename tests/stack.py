@@ -5,6 +5,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -387,6 +388,26 @@ class Load(ConcurrentLoad):
         self.result.outcomes.append((method, outcome))
 
 
+class TimedLoad(Load):
+    """The mixed load, with when each request was sent and answered (wall clock: comparable
+    with the engine's and the runner's own times), one span beside each outcome."""
+
+    def __init__(self, base_url: str, concurrency: int) -> None:
+        super().__init__(base_url, concurrency)
+        self.spans: list[tuple[float, float]] = []
+
+    async def one(self, client: httpx.AsyncClient, rng: random.Random) -> None:
+        sent = time.time()
+        await super().one(client, rng)
+        self.spans.append((sent, time.time()))  # beside its outcome: nothing ran in between
+
+    def p99(self, start: float, end: float) -> float:
+        """The 99th percentile of the durations of the requests answered in [start, end)."""
+        durations = [done - sent for sent, done in self.spans if start <= done < end]
+        assert len(durations) >= 100, f"too few requests to tell: {len(durations)}"
+        return statistics.quantiles(durations, n=100)[98]
+
+
 async def notes_by_text(database: URL, texts: Iterable[str]) -> Counter[str]:
     """How many notes the database holds with each of these texts (`database` may be
     PgBouncer's: the statement is prepared unnamed)."""
@@ -400,9 +421,11 @@ async def notes_by_text(database: URL, texts: Iterable[str]) -> Counter[str]:
     return Counter({row["text"]: row["n"] for row in rows})
 
 
-async def _answered(load: ConcurrentLoad, count: int, what: str) -> None:
-    """Wait until the load has `count` outcomes (an error is one too), 60 s at most."""
-    deadline = asyncio.get_running_loop().time() + 60
+async def answered(
+    load: ConcurrentLoad, count: int, what: str = "too few answers", seconds: float = 60
+) -> None:
+    """Wait until the load has `count` outcomes (an error is one too), `seconds` at most."""
+    deadline = asyncio.get_running_loop().time() + seconds
     while len(load.result.outcomes) < count:
         assert asyncio.get_running_loop().time() < deadline, f"{what}: {load.result.counts()}"
         await asyncio.sleep(0.02)
@@ -421,10 +444,10 @@ async def background_load(
     load = make(base_url, concurrency)
     task = asyncio.create_task(load.run())
     try:
-        await _answered(load, concurrency, "the load never got going")
+        await answered(load, concurrency, "the load never got going")
         yield load
         after = len(load.result.outcomes) + 2 * concurrency
-        await _answered(load, after, "no answers after the block")
+        await answered(load, after, "no answers after the block")
     finally:
         load.stop()
         await task

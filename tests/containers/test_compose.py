@@ -14,7 +14,6 @@ the host routes to. `down --volumes` ends it, and nothing of the project may be 
 import asyncio
 import json
 import os
-import random
 import secrets
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from tests.containers.roles import check_the_two_roles
 from tests.metrics import parse, value
 from tests.postgres import ROOT, run_sync
 from tests.service.observability.test_across_workers import NOTE_ROUTE
-from tests.stack import Load, notes_by_text
+from tests.stack import TimedLoad, answered, notes_by_text
 
 # What docker-compose.yml's bind mounts name, relative to the project directory (its .env's).
 PROJECT_FILES = ("deploy", "nginx.conf")
@@ -276,27 +275,6 @@ async def refuses(address: str, port: int) -> None:
         await asyncio.sleep(0.05)
 
 
-class TimedLoad(Load):
-    """The mixed load of tests/stack.py, with the time each request was sent."""
-
-    def __init__(self, base_url: str, concurrency: int) -> None:
-        super().__init__(base_url, concurrency)
-        self.sent_at: list[float] = []
-
-    async def one(self, client: httpx.AsyncClient, rng: random.Random) -> None:
-        sent = time.time()
-        await super().one(client, rng)
-        self.sent_at.append(sent)  # beside its outcome: nothing ran in between
-
-
-async def answered(load: Load, count: int) -> None:
-    """Until the load has had `count` answers (30 s at most)."""
-    deadline = time.monotonic() + 30
-    while len(load.result.outcomes) < count:
-        assert time.monotonic() < deadline, load.result.counts()
-        await asyncio.sleep(0.02)
-
-
 def patch(request_id: str) -> dict[str, Any]:
     """A PATCH's body and headers: no Idempotency-Key, so nothing but the server answers it."""
     return {"json": {"completed": True}, "headers": {"X-Request-ID": request_id}}
@@ -330,7 +308,7 @@ async def test_docker_stop_under_load_drains_the_stopped_app_container(
         held_ids = {f"held-{uuid.uuid4().hex}" for _ in range(HELD)}
         running = asyncio.create_task(load.run())
         try:
-            await answered(load, 2 * load.concurrency)
+            await answered(load, 2 * load.concurrency, seconds=30)
             async with row_locked(owner, note):
                 held = [
                     asyncio.create_task(client.patch(f"/api/v1/notes/{note}", **patch(request_id)))
@@ -369,8 +347,9 @@ async def test_docker_stop_under_load_drains_the_stopped_app_container(
     created = await notes_by_text(owner, result.intended.values())
     assert set(created.values()) == {1}
     assert set(created) == set(result.intended.values())
-    draining = [sent for sent in load.sent_at if stop_began <= sent < gone]
-    after = [sent for sent in load.sent_at if sent >= gone]
+    sent_at = [sent for sent, _ in load.spans]
+    draining = [sent for sent in sent_at if stop_began <= sent < gone]
+    after = [sent for sent in sent_at if sent >= gone]
     assert draining, "no request was sent while the container drained"
     print(
         f"\ndocker stop of {stopped} under load: {len(result.outcomes)} requests, none failed "

@@ -35,7 +35,7 @@ from deploy.native.cpu_caps import (
 )
 from deploy.native.processes import children
 from deploy.native.state import Stack
-from deploy.prometheus.client import SCRAPE_INTERVAL_SECONDS, Prometheus
+from deploy.prometheus.client import Prometheus
 from loadtest import sweep_gate, sweep_report
 from loadtest.database_size import BufferReads, buffer_reads, database_size
 from loadtest.plan import Step, capacity_plan, knee_count, predicted_knee, recommend
@@ -70,6 +70,22 @@ def lab_caps(cpu_per_worker: float, name: str) -> Iterator[None]:
     except CpuCapsLeftBehindError as exc:
         # The measurements stand: every worker runs uncapped again.
         print(f"sweep: warning: {exc}", file=sys.stderr, flush=True)
+
+
+def scrape_interval(prometheus: Prometheus, run_time: int) -> int:
+    """How often `prometheus` scrapes, asked before the first step: a step shorter than two
+    scrapes has no window of its own, and a Prometheus that does not answer would only be
+    found out after minutes of load."""
+    try:
+        interval = prometheus.scrape_interval()
+    except OSError as exc:
+        raise SystemExit(f"sweep: no answer from Prometheus at {prometheus.url}: {exc}") from None
+    if run_time < 2 * interval:
+        raise SystemExit(
+            f"sweep: --run-time must be at least {2 * interval} s: the Prometheus at "
+            f"{prometheus.url} scrapes every {interval} s"
+        )
+    return interval
 
 
 def run_steps(config: SweepConfig, original: int) -> list[StepRun]:
@@ -166,6 +182,8 @@ def conclude(
 def main(argv: list[str] | None = None) -> int:
     """Command line: sweep, restore, report; with a gate, its verdict as the exit status."""
     config = parse_args(argv)
+    prometheus = Prometheus(config.prometheus)
+    interval = scrape_interval(prometheus, config.run_time)
     config.out.mkdir(parents=True, exist_ok=True)
     original = len(children(master_pid()))
     blocks = buffer_reads(Stack.from_environment().service_env()["DATABASE_URL"])
@@ -173,9 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = run_steps(config, original)
     finished = time.time()
     # Let Prometheus take the scrape that closes the last window.
-    time.sleep(SCRAPE_INTERVAL_SECONDS + 1)
-    prometheus = Prometheus(config.prometheus)
-    measured = [run.step(Pools.observe(prometheus, run.start, run.end)) for run in runs]
+    time.sleep(interval + 1)
+    measured = [run.step(Pools.observe(prometheus, interval, run.start, run.end)) for run in runs]
     rendered = render_rows(prometheus, started, finished, config.out)
     report = conclude(config, measured, rendered, (started, finished), blocks)
     print(sweep_report.write(report, config.out))

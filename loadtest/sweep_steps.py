@@ -10,7 +10,7 @@ import psutil
 from deploy.native import gunicorn
 from deploy.native.processes import StackError, children
 from deploy.native.state import Stack
-from deploy.prometheus.client import SCRAPE_INTERVAL_SECONDS, Prometheus
+from deploy.prometheus.client import Prometheus
 from loadtest.plan import Step
 from loadtest.run import RunResult, run_locust
 from loadtest.sweep_config import SweepConfig
@@ -65,12 +65,13 @@ class Pools:
     wait_p99_ms: float
 
     @classmethod
-    def observe(cls, prometheus: Prometheus, start: float, end: float) -> "Pools":
-        """Over [start, end]; Prometheus must have scraped past `end`."""
-        window = f"{max(2 * SCRAPE_INTERVAL_SECONDS, int(end - start))}s"
+    def observe(cls, prometheus: Prometheus, interval: int, start: float, end: float) -> "Pools":
+        """Over [start, end], from a Prometheus that scrapes every `interval` seconds and has
+        scraped past `end`."""
+        window = f"{max(2 * interval, int(end - start))}s"
         in_use = (
             "avg_over_time((sum(db_pool_connections_in_use) / sum(db_pool_connections_max))"
-            f"[{window}:{SCRAPE_INTERVAL_SECONDS}s])"
+            f"[{window}:{interval}s])"
         )
         wait = (
             "1000 * histogram_quantile(0.99, sum by (le) "

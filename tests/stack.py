@@ -220,7 +220,14 @@ def running_stack(
         prometheus_port=free_port(),
         nginx_exporter_port=free_port(),
     )
-    env.update(RUN_DIR=str(run_dir), WEB_CONCURRENCY=str(workers), ENVIRONMENT="test")
+    # A scrape a second: the loads of the tests last seconds, and what they check in
+    # Prometheus (a sweep's steps, the dashboard's panels) waits for two scrapes.
+    env.update(
+        RUN_DIR=str(run_dir),
+        WEB_CONCURRENCY=str(workers),
+        ENVIRONMENT="test",
+        PROMETHEUS_SCRAPE_INTERVAL="1",
+    )
     env.update(extra_env or {})
     env.update(
         HTTP_PORT=str(settings.http_port),

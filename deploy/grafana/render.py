@@ -50,7 +50,7 @@ def render_rows(
         msg = f"the window ends ({end}) before it starts ({start})"
         raise ValueError(msg)
     board = json.loads(dashboard.read_text(encoding="utf-8"))
-    window = Window(start, end)
+    window = Window(start, end, prometheus.scrape_interval())
     values = variable_values(board, window)
     out_dir.mkdir(parents=True, exist_ok=True)
     images = []

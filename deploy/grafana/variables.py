@@ -27,6 +27,7 @@ class Window:
 
     start: float
     end: float
+    scrape_interval: int = SCRAPE_INTERVAL_SECONDS  # the data source's (timeInterval)
 
     @property
     def seconds(self) -> int:
@@ -36,11 +37,11 @@ class Window:
     @property
     def step(self) -> int:
         """Seconds between two points of a series."""
-        return max(SCRAPE_INTERVAL_SECONDS, math.ceil(self.seconds / POINTS))
+        return max(self.scrape_interval, math.ceil(self.seconds / POINTS))
 
     def builtins(self) -> dict[str, str]:
         """Grafana's global variables for this window."""
-        rate = max(self.step + SCRAPE_INTERVAL_SECONDS, 4 * SCRAPE_INTERVAL_SECONDS)
+        rate = max(self.step + self.scrape_interval, 4 * self.scrape_interval)
         return {
             "__interval": duration(self.step),
             "__interval_ms": str(self.step * 1000),

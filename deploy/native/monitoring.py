@@ -52,9 +52,16 @@ def start_exporter(stack: Stack) -> None:
     log(f"nginx exporter: pid {pid}")
 
 
-def app_job_named(job: str) -> str:
-    """The repository's prometheus.yml, its app job (`notes`) named `job`."""
+def app_job_named(job: str, interval: int) -> str:
+    """The repository's prometheus.yml, its app job (`notes`) named `job`, scraping and
+    evaluating its rules every `interval` seconds."""
     config = yaml.safe_load((PROMETHEUS_CONFIG / "prometheus.yml").read_text())
+    # A hung target costs one sample: its timeout within the interval, as the file's 4s of 5s.
+    config["global"] |= {
+        "scrape_interval": f"{interval}s",
+        "evaluation_interval": f"{interval}s",
+        "scrape_timeout": f"{interval * 800}ms",
+    }
     (app,) = [scrape for scrape in config["scrape_configs"] if scrape["job_name"] == "notes"]
     app["job_name"] = job
     app["file_sd_configs"] = [{"files": [f"targets/{job}.json"]}]
@@ -80,7 +87,7 @@ def start_prometheus(stack: Stack) -> None:
     job = load(WorkerSettings).stack_name
     config = directory / "prometheus.yml"
     config.unlink(missing_ok=True)
-    config.write_text(app_job_named(job))
+    config.write_text(app_job_named(job, stack.settings.prometheus_scrape_interval))
     config.chmod(0o644)
     settings = stack.settings
     # One target per app host when they are elsewhere, so that each has series of its own.

@@ -133,6 +133,14 @@ class StackSettings(RunDirSettings):
         "rotated files kept of each log; the oldest is deleted (Compose: files in all)",
         ge=1,
     )
+    prometheus_scrape_interval: int = setting(
+        5,
+        "seconds between two of Prometheus's scrapes and rule evaluations (Compose's keeps "
+        "deploy/prometheus/prometheus.yml's 5); shorter shows a short load test in more "
+        "points at more scrapes' cost, and a step of `make sweep` lasts two scrapes at least",
+        ge=1,
+        le=60,
+    )
     prometheus_retention_size: str = setting(
         "1GB",
         "Prometheus deletes its oldest data past this size (--storage.tsdb.retention.size, "

@@ -9,19 +9,26 @@ Prometheus on this machine only. Synchronous (urllib): an async caller runs it i
 
 import json
 import math
+import re
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from deploy.loopback import loopback_only
 
 Json = dict[str, Any]
 
 # deploy/prometheus/prometheus.yml's scrape_interval (and the Grafana data source's
-# timeInterval): a window shorter than two scrapes has nothing to compare.
+# timeInterval), which Compose's Prometheus runs with; the native runner's is
+# PROMETHEUS_SCRAPE_INTERVAL. Ask a running Prometheus (`Prometheus.scrape_interval`) for its own.
 SCRAPE_INTERVAL_SECONDS = 5
+# A Prometheus duration: 1h30m, 5s, 500ms.
+DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
 
 
 class QueryRefusedError(Exception):
@@ -40,6 +47,15 @@ class Series:
     def value(self) -> float:
         """The last value (an instant query's only one)."""
         return self.points[-1][1]
+
+
+def duration_seconds(text: str) -> float:
+    """A Prometheus duration (`5s`, `1m30s`, `500ms`) in seconds; ValueError for anything else."""
+    parts = DURATION.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        msg = f"not a Prometheus duration: {text!r}"
+        raise ValueError(msg)
+    return sum(int(number) * DURATION_SECONDS[unit] for number, unit in parts)
 
 
 def instant_path(expr: str, at: float | None = None) -> str:
@@ -111,6 +127,13 @@ class Prometheus:
     def query_range(self, expr: str, start: float, end: float, step: int) -> list[Series]:
         """A range query's series over [start, end], a point every `step` seconds."""
         return series(self.get(range_path(expr, start, end, step)))
+
+    def scrape_interval(self) -> int:
+        """The seconds between two of its scrapes, rounded up to whole seconds: its
+        configuration's global scrape_interval (Prometheus's default, 1m, where it sets none)."""
+        config = yaml.safe_load(self.get("/api/v1/status/config")["yaml"]) or {}
+        interval = str((config.get("global") or {}).get("scrape_interval", "1m"))
+        return max(1, math.ceil(duration_seconds(interval)))
 
     def value(self, expr: str, at: float | None = None) -> float:
         """The value of an instant query with one series; 0 when it has none or NaN (a rate

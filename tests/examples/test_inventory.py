@@ -246,7 +246,7 @@ def test_a_short_sweep_of_it_reports_and_recommends(inventory_stack: Stack, tmp_
     result = run_module(
         inventory_stack, "loadtest.sweep", "--host", inventory_stack.url,
         "--prometheus", inventory_stack.prometheus_url, "--out", str(tmp_path),
-        "--workers", "1 2", "--users", "6", "--run-time", "10", "--warmup", "1",
+        "--workers", "1 2", "--users", "6", "--run-time", "3", "--warmup", "0",
         "--processes", "1",
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

@@ -38,8 +38,10 @@ def steps(out: Path) -> dict[int, dict[str, str]]:
 
 def test_sweep_measures_each_worker_count_and_recommends(stack: Stack, tmp_path: Path) -> None:
     before = stack.worker_pids()
-    result = sweep(stack, tmp_path, "--workers", "1 2", "--users", "10", "--run-time", "12",
-                   "--warmup", "1")  # fmt: skip
+    # Short steps: the tests' Prometheus scrapes every second (two scrapes a step at least),
+    # and one Locust process starts in a second where two take five.
+    result = sweep(stack, tmp_path, "--workers", "1 2", "--users", "10", "--run-time", "3",
+                   "--warmup", "0", "--processes", "1")  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "sweep [1/2] 1 workers:" in result.stdout
     assert "sweep [2/2] 2 workers:" in result.stdout
@@ -85,11 +87,10 @@ def test_a_short_lab_sweep_caps_the_workers_computes_the_knee_and_gates(
     except CpuCapsUnavailableError as exc:
         pytest.skip(str(exc))
     before = stack.worker_pids()
-    # The shortest run the sweep takes (10 s a step: two scrapes), one Locust process (it
-    # starts in a second, two take five; 20 users need no more). No two workers serve 100
-    # times one, on any machine: the gate must fail this sweep.
+    # Short steps, as above (20 users need no more than one Locust process). No two workers
+    # serve 100 times one, on any machine: the gate must fail this sweep.
     result = sweep(stack, tmp_path, "--workers", "1 2", "--cpu-per-worker", str(CAP),
-                   "--run-time", "10", "--warmup", "1", "--processes", "1",
+                   "--run-time", "3", "--warmup", "0", "--processes", "1",
                    "--min-scaling", "2:100")  # fmt: skip
     assert result.returncode == 1, result.stdout + result.stderr
     assert f"workers capped at {CAP:g} CPU each" in result.stdout

@@ -120,6 +120,10 @@ def test_variables_are_filled_in_as_grafana_would() -> None:
     assert fifteen_minutes["__interval"] == "5s"
     assert fifteen_minutes["__range"] == "15m"
     assert fifteen_minutes["__range_s"] == "900"
+    # A Prometheus scraping every second (the tests' stacks): shorter steps and rate windows.
+    assert Window(1000, 1060, scrape_interval=1).step == 1
+    assert Window(1000, 1060, scrape_interval=1).builtins()["__rate_interval"] == "4s"
+    assert Window(1000, 1900, scrape_interval=1).builtins()["__rate_interval"] == "6s"
     hour = variable_values(board, Window(0, 3600))
     assert (hour["__interval"], hour["__rate_interval"], hour["__range"]) == ("18s", "23s", "1h")
     day = variable_values(board, Window(0, 86400))

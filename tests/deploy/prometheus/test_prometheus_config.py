@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from ruamel.yaml import YAML
 
+from deploy.native.monitoring import app_job_named
+from deploy.prometheus.client import duration_seconds
 from service.config import ROOT
 
 PROMETHEUS_DIR = ROOT / "deploy" / "prometheus"
@@ -153,6 +155,42 @@ def series_name(series: str) -> str:
 def test_promtool_checks_the_config_and_its_file_sd_files() -> None:
     result = promtool("check", "config", str(CONFIG.relative_to(ROOT)))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("interval", [1, 5, 60])
+def test_the_native_runners_config_is_the_files_at_its_scrape_interval(
+    interval: int, tmp_path: Path
+) -> None:
+    """PROMETHEUS_SCRAPE_INTERVAL: scrapes and rules at that interval, a hung target's
+    timeout within it, and promtool still takes the file."""
+    for name in ("rules", "targets"):
+        (tmp_path / name).symlink_to(PROMETHEUS_DIR / name)
+    rendered = tmp_path / "prometheus.yml"
+    rendered.write_text(app_job_named("notes", interval))
+    config = load_yaml(rendered)
+    assert config["global"] == {
+        "scrape_interval": f"{interval}s",
+        "evaluation_interval": f"{interval}s",
+        "scrape_timeout": f"{interval * 800}ms",
+    }
+    expected = load_yaml(CONFIG)
+    assert config["scrape_configs"] == expected["scrape_configs"]
+    result = promtool("check", "config", str(rendered))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5s", 5), ("500ms", 0.5), ("1m30s", 90), ("1h", 3600), ("2d", 172800)],
+)
+def test_prometheus_durations_are_read_in_seconds(text: str, seconds: float) -> None:
+    assert duration_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5", "s", "5 s", "1.5s", "5sec", "-5s"])
+def test_anything_else_is_not_a_duration(text: str) -> None:
+    with pytest.raises(ValueError, match="not a Prometheus duration"):
+        duration_seconds(text)
 
 
 def test_promtool_checks_the_rules() -> None:

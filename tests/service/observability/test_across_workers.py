@@ -275,7 +275,14 @@ async def test_prometheus_scrapes_the_stack(stack: Stack) -> None:
                 break
             await asyncio.sleep(1)
     exporter = await instant_query(stack.prometheus_url, 'up{job="nginx"}')
-    rules = await asyncio.to_thread(Prometheus(stack.prometheus_url).get, "/api/v1/rules")
+    prometheus = Prometheus(stack.prometheus_url)
+    rules = await asyncio.to_thread(prometheus.get, "/api/v1/rules")
+    # PROMETHEUS_SCRAPE_INTERVAL (1 s in the tests' stacks): scrapes and rules alike, and the
+    # client reads it back from the running Prometheus.
+    assert await asyncio.to_thread(prometheus.scrape_interval) == 1
+    config = await asyncio.to_thread(prometheus.get, "/api/v1/status/config")
+    assert "evaluation_interval: 1s" in config["yaml"]
+    assert {group["interval"] for group in rules["groups"]} == {1}
 
     assert [sample.value for sample in up] == [1.0]
     assert {"route": NOTE_ROUTE} in [sample.labels for sample in rates]

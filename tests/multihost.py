@@ -167,6 +167,8 @@ class Topology:
                 "METRICS_TARGETS": " ".join(f"{app.address}:{APP_PORT}" for app in self.apps),
                 "HTTP_PORT": str(HTTP_PORT),
                 "PROMETHEUS_PORT": str(PROMETHEUS_PORT),
+                # As every stack of the suite: what the tests wait for in it comes in seconds.
+                "PROMETHEUS_SCRAPE_INTERVAL": "1",
                 # The load comes from the machine itself, the bridge's address: exempt from the
                 # limits per client, as loopback is on one host.
                 "RATE_LIMIT_EXEMPT": f"127.0.0.0/8 ::1 {SUBNET}.1/32",

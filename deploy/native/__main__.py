@@ -154,6 +154,7 @@ def _admit_only_the_proxy(stack: Stack) -> None:
             "FORWARDED_ALLOW_IPS to the proxy's address, and start as root, to admit it alone"
         )
         return
+    run_helper("install-deps", "iptables")
     firewall.admit_only(port, sources)
 
 

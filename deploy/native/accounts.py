@@ -13,11 +13,15 @@ nginx's workers and root may connect, so the forwarded headers gunicorn trusts o
 from nginx alone.
 """
 
+import contextlib
+import fcntl
 import grp
 import os
 import pwd
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +46,28 @@ class Account:
 
 def account(name: str) -> Account:
     """The system account `name`, made (no login, no home) when missing."""
+    # One runner at a time looks the name up and makes it: useradd does not serialise itself
+    # here, and four runners starting at once each made the account, with two different uids.
+    with _accounts_lock():
+        return _account(name)
+
+
+@contextlib.contextmanager
+def _accounts_lock() -> Iterator[None]:
+    """An exclusive lock shared by every runner on this machine (root's: only root makes
+    accounts)."""
+    directory = Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())
+    descriptor = os.open(
+        directory / "stack-accounts.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600
+    )
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _account(name: str) -> Account:
     try:
         entry = pwd.getpwnam(name)
     except KeyError:

@@ -10,6 +10,7 @@ import pwd
 import stat
 import subprocess
 import sys
+import time
 
 import httpx
 import psutil
@@ -17,6 +18,7 @@ import pytest
 
 from deploy.native.processes import read_pid
 from deploy.native.settings import StackSettings
+from tests.postgres import ROOT
 from tests.stack import Stack
 
 pytestmark = pytest.mark.skipif(
@@ -94,3 +96,30 @@ def test_an_nginx_t_by_hand_leaves_the_workers_uploads_working(stack: Stack) -> 
     # A body past nginx's memory buffer goes through a temporary file: still answered.
     answer = httpx.post(f"{stack.url}/api/v1/notes", json={"text": "x" * 60_000}, timeout=30)
     assert answer.status_code == 422, answer.text
+
+
+@pytest.mark.stack  # it adds a system user to this machine, and removes it
+def test_two_runners_making_the_same_missing_account_both_get_it() -> None:
+    """Stacks started at once on one machine (the suite's processes, two operators) each find
+    the service user missing and run useradd: the one that loses the race uses the winner's."""
+    name = f"notes-t{os.getpid() % 100000}"
+    # Imported first, then all at one instant: each looks the name up before any useradd ends.
+    code = (
+        "import sys, time; from deploy.native.accounts import account; "
+        "time.sleep(float(sys.argv[2]) - time.time()); print(account(sys.argv[1]).uid)"
+    )
+    at = str(time.time() + 2)
+    try:
+        runners = [
+            subprocess.Popen([sys.executable, "-c", code, name, at], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
+            for _ in range(4)
+        ]  # fmt: skip
+        answers = [runner.communicate(timeout=60) for runner in runners]
+        assert [runner.returncode for runner in runners] == [0] * 4, answers
+        # Each printed the uid it got last, after the one line of the runner that made it.
+        assert {out.split()[-1] for out, _ in answers} == {str(pwd.getpwnam(name).pw_uid)}
+        created = [out for out, _ in answers if "created the system user" in out]
+        assert len(created) == 1, answers
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, check=False)

@@ -55,7 +55,7 @@ audit: install ## Known vulnerabilities in uv.lock (pip-audit --strict: what the
 
 .PHONY: test-fast
 test-fast: install ## The tests that need no database and no server, in seconds
-	$(RUN_SYNCED) pytest -m "not database and not stack and not containers"
+	$(RUN_SYNCED) pytest -m "not database and not stack and not containers" -n $(TEST_PROCESSES) --dist loadfile
 
 .PHONY: lint
 lint: install ## Check formatting, lint (ruff), types (mypy --strict) and the migrations (squawk)

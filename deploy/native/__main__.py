@@ -29,6 +29,9 @@ from deploy.native.processes import StackError, children, fail, http_status, log
 from deploy.native.roles import Part
 from deploy.native.state import Stack
 
+# How long `release` waits for the new code's /readyz once the reload is done.
+READY_SECONDS = 30
+
 
 def logs(stack: Stack) -> None:
     """Follow every log file of the stack."""
@@ -90,9 +93,10 @@ def release(stack: Stack) -> None:
     reload(stack)
     reloaded = time.monotonic()
     url = lifecycle.readiness_url(stack)
-    status = http_status(url) if url else None
-    if url and status != 200:
-        fail(f"released, but {url} answers {status}: see the app log")
+    # Asked until it answers, as `up` asks: right after the old master hands over, one
+    # probe in a few releases got no answer at all from a stack that served on.
+    if url and not lifecycle.eventually(lambda: http_status(url) == 200, READY_SECONDS):
+        fail(f"released, but {url} did not answer 200 within {READY_SECONDS}s: see the app log")
     workers = len(children(gunicorn.master(stack) or 0))
     log(
         f"released: migrations {migrated - started:.1f}s, reload {reloaded - migrated:.1f}s; "

@@ -58,7 +58,7 @@ def up(stack: Stack) -> None:
         _start(stack, part)
     rotation.start(stack)
     ready = readiness_url(stack)
-    if ready and not _eventually(lambda: http_status(ready) == 200):
+    if ready and not eventually(lambda: http_status(ready) == 200):
         fail(f"{ready} did not answer 200 within 60s")
     log("ready")
     for name, url in _urls(stack):
@@ -230,7 +230,8 @@ def _database(stack: Stack) -> None:
         pgbouncer.start(stack, state.direct_workers_url)
 
 
-def _eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
+def eventually(check: Callable[[], bool], seconds: float = 60) -> bool:
+    """Whether `check` holds within `seconds`, asked every quarter of a second."""
     deadline = time.monotonic() + seconds
     while not check():
         if time.monotonic() > deadline:

@@ -188,21 +188,25 @@ def stop_private(stack: Stack) -> None:
 def migrate(env: dict[str, str]) -> None:
     """The app's migrations to head (MIGRATIONS), as `make migrate` runs them: under the
     stack's migration lock, each statement under MIGRATION_LOCK_TIMEOUT and tried again
-    (`service.stack.migrate`). The runner's own lines (revisions, attempts) are logged."""
-    log(f"migrations: {env.get('MIGRATIONS') or 'none'} to head")
-    result = subprocess.run(
+    (`service.stack.migrate`). The runner's own lines (revisions, attempts) are logged as it
+    says them: a migration waiting on its locks shows its attempts while it waits."""
+    output, said = [], []
+    with subprocess.Popen(
         [sys.executable, "-m", "service.stack.migrate"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,  # one stream, in the order it was written
         text=True,
-        check=False,
-    )
-    said = [line for line in result.stdout.splitlines() if line.startswith("migrations: ")]
-    if result.returncode == LOCK_NOT_AVAILABLE:
-        fail("\n".join(said))
-    if result.returncode != 0:
-        fail(f"migrations failed:\n{result.stdout}")
-    for line in said:
-        log(line)
+    ) as process:
+        assert process.stdout is not None  # noqa: S101 (stdout=PIPE above)
+        for line in process.stdout:
+            output.append(line)
+            if line.startswith("migrations: "):
+                said.append(line.rstrip("\n"))
+                log(said[-1])
+    if process.returncode == LOCK_NOT_AVAILABLE:
+        # The last attempt's statement and the verdict; every line was logged as it came.
+        fail("\n".join(said[-2:]))
+    if process.returncode != 0:
+        fail(f"migrations failed:\n{''.join(output)}")

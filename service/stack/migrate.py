@@ -114,7 +114,15 @@ async def upgrade(
     connection = await asyncpg.connect(asyncpg_dsn(database_url), timeout=30)
     try:
         started = time.monotonic()
-        await connection.execute("SELECT pg_advisory_lock($1)", STACK_MIGRATION_LOCK_ID)
+        if not await connection.fetchval(
+            "SELECT pg_try_advisory_lock($1)", STACK_MIGRATION_LOCK_ID
+        ):
+            print(
+                f"migrations: {settings.migrations}: waiting for the stack's migration lock "
+                "(another runner is migrating)",
+                flush=True,
+            )
+            await connection.execute("SELECT pg_advisory_lock($1)", STACK_MIGRATION_LOCK_ID)
         waited = time.monotonic() - started
         before = await schema_revision(connection)
         print(

@@ -16,7 +16,7 @@ from sqlalchemy.engine import URL
 
 from service.database.urls import asyncpg_dsn
 from service.stack.alembic_run import LOCK_NOT_AVAILABLE
-from service.stack.migrate import LONGEST_RETRY_DELAY, retry_delay
+from service.stack.migrate import LONGEST_RETRY_DELAY, STACK_MIGRATION_LOCK_ID, retry_delay
 from tests.next_release import REVISION, Checkout, schema
 from tests.postgres import ROOT, fresh_database
 
@@ -136,3 +136,35 @@ def test_the_backoff_doubles_with_jitter_up_to_its_ceiling() -> None:
         delays = [retry_delay(attempt) for _ in range(50)]
         assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
         assert len(set(delays)) > 1
+
+
+async def test_a_runner_behind_anothers_stack_lock_says_it_waits_then_migrates(
+    pg_server: URL, tmp_path: Path
+) -> None:
+    """Two runners at once (two hosts' `make release`, a Job and a person): the second says
+    that it waits for the first, and migrates once the lock is free."""
+    checkout = Checkout.current(tmp_path / "app")
+    with fresh_database(pg_server) as url:
+        holder = await asyncpg.connect(asyncpg_dsn(url))
+        try:
+            await holder.execute("SELECT pg_advisory_lock($1)", STACK_MIGRATION_LOCK_ID)
+            runner = asyncio.create_task(run_migrate(url, checkout))
+            deadline = time.monotonic() + 30
+            while not await holder.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ):
+                assert not runner.done(), await runner
+                assert time.monotonic() < deadline, "the runner never waited for the lock"
+                await asyncio.sleep(0.05)
+            await holder.execute("SELECT pg_advisory_unlock($1)", STACK_MIGRATION_LOCK_ID)
+            status, output, _ = await asyncio.wait_for(runner, 60)
+        finally:
+            await holder.close()
+    assert status == 0, output
+    lines = [line for line in output.splitlines() if line.startswith("migrations: ")]
+    assert lines[0].endswith(
+        ": waiting for the stack's migration lock (another runner is migrating)"
+    )
+    assert "to head from an empty schema (stack lock after" in lines[1], output
+    assert lines[-1].startswith(f"migrations: at {PREVIOUS} (was None)"), output

@@ -27,6 +27,7 @@ DATABASE_URL names a server; the benchmark makes and drops its own database ther
 import argparse
 import asyncio
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -226,6 +227,7 @@ def worker_start_seconds(env: dict[str, str], samples: int = 3) -> list[float]:
     finally:
         master.terminate()
         master.wait(timeout=60)
+        shutil.rmtree(run_dir, ignore_errors=True)
     return seconds
 
 
@@ -288,9 +290,14 @@ def observability(env: dict[str, str], args: argparse.Namespace) -> list[tuple[s
     rounds = argparse.Namespace(
         **{**vars(args), "rounds": args.observability_rounds, "seconds": args.observability_seconds}
     )
-    with serving(service) as observed_worker, serving(unobserved) as quiet_worker:
-        processes = {service.label: observed_worker, unobserved.label: quiet_worker}
-        reads = compare("observability", [service, unobserved], READ, rounds, processes=processes)
+    try:
+        with serving(service) as observed_worker, serving(unobserved) as quiet_worker:
+            processes = {service.label: observed_worker, unobserved.label: quiet_worker}
+            reads = compare(
+                "observability", [service, unobserved], READ, rounds, processes=processes
+            )
+    finally:  # the two share one metrics directory
+        shutil.rmtree(service.env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     cpu = median_ratio(
         *([one.cpu_ms("worker") or 0.0 for one in reads[c.label]] for c in (service, unobserved))
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from deploy.native.cpu_caps import CpuCaps, CpuCapsUnavailableError
+from deploy.native.processes import free_port
 from loadtest.plan import knee_count, predicted_knee
 from loadtest.sweep_report import read_csv
 from service.runtime.cgroups import cpu_hierarchy, cpu_limit
@@ -133,3 +134,33 @@ def test_a_short_lab_sweep_caps_the_workers_computes_the_knee_and_gates(
     after = stack.worker_pids()
     assert len(after) == len(before)
     assert [cpu_limit(pid) for pid in after] == [cpu_limit(stack.master_pid())] * len(after)
+
+
+def test_a_step_shorter_than_two_scrapes_of_its_prometheus_is_refused_before_any_load(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """The sweep asks the Prometheus it is given how often it scrapes (the suite's: every
+    second), before it scales anything."""
+    before = stack.worker_pids()
+    result = sweep(stack, tmp_path / "short", "--workers", "1", "--run-time", "1")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == (
+        f"sweep: --run-time must be at least 2 s: the Prometheus at {stack.prometheus_url} "
+        "scrapes every 1 s"
+    )
+    assert not (tmp_path / "short").exists()
+    assert stack.worker_pids() == before
+
+
+def test_a_prometheus_that_does_not_answer_is_refused_before_any_load(tmp_path: Path) -> None:
+    silent = f"http://127.0.0.1:{free_port()}"
+    result = subprocess.run(
+        [sys.executable, "-m", "loadtest.sweep", "--host", "http://127.0.0.1:1",
+         "--prometheus", silent, "--out", str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.startswith(f"sweep: no answer from Prometheus at {silent}: "), (
+        result.stderr
+    )
+    assert not (tmp_path / "out").exists()

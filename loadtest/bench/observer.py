@@ -11,14 +11,19 @@ rate drifts by more than that from one round to the next, cannot resolve alone.
 
 import argparse
 import asyncio
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# Before prometheus_client is imported: metrics as a gunicorn worker writes them.
-os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="bench-observer-"))
+# Before prometheus_client is imported: metrics as a gunicorn worker writes them, into a
+# directory of this run's, removed at exit.
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-observer-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send

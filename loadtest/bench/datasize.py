@@ -31,7 +31,6 @@ import asyncio
 import dataclasses
 import os
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -269,10 +268,9 @@ def sized(notes: list[int]) -> Iterator[list[Size]]:
             asyncio.run(_sql(database.dsn, "VACUUM notes"))
             env = {**os.environ, "DATABASE_URL": database.url, "LOG_LEVEL": "INFO"}
             env["ENVIRONMENT"] = "test"
-            deployed, _ = service_contenders(env)
+            metrics = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-metrics-"))
+            deployed, _ = service_contenders(env, metrics)
             contender = dataclasses.replace(deployed, label=database.name, port=free_port())
-            metrics = contender.env["PROMETHEUS_MULTIPROC_DIR"]
-            stack.callback(shutil.rmtree, metrics, ignore_errors=True)
             worker = stack.enter_context(serving(contender))
             return Size(count, database, contender.port, worker.pid)
 

@@ -262,10 +262,10 @@ def main() -> None:
         print(f"| {figure} | {value} | {target} |")
 
 
-def service_contenders(env: dict[str, str]) -> tuple[Contender, Contender]:
-    """The service as deployed (access line at INFO, multiprocess metrics), and without its
-    access line and request metrics."""
-    deployed = {**env, "PROMETHEUS_MULTIPROC_DIR": tempfile.mkdtemp(prefix="bench-metrics-")}
+def service_contenders(env: dict[str, str], metrics: str) -> tuple[Contender, Contender]:
+    """The service as deployed (access line at INFO, multiprocess metrics in the directory
+    `metrics`, the caller's to remove), and without its access line and request metrics."""
+    deployed = {**env, "PROMETHEUS_MULTIPROC_DIR": metrics}
     quiet = {**deployed, "ACCESS_LOG": "false", "REQUEST_METRICS": "false"}
     service_app = ["--factory", "service.stack.asgi:create_stack"]
     return (
@@ -286,18 +286,16 @@ def _rate(figures: dict[str, list[Round]], label: str) -> str:
 def observability(env: dict[str, str], args: argparse.Namespace) -> list[tuple[str, str, str]]:
     """What the access line and the request metrics cost one worker's reads: in rate, and in
     the worker's CPU per request."""
-    service, unobserved = service_contenders(env)
     rounds = argparse.Namespace(
         **{**vars(args), "rounds": args.observability_rounds, "seconds": args.observability_seconds}
     )
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench-metrics-") as metrics:
+        service, unobserved = service_contenders(env, metrics)
         with serving(service) as observed_worker, serving(unobserved) as quiet_worker:
             processes = {service.label: observed_worker, unobserved.label: quiet_worker}
             reads = compare(
                 "observability", [service, unobserved], READ, rounds, processes=processes
             )
-    finally:  # the two share one metrics directory
-        shutil.rmtree(service.env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
     cpu = median_ratio(
         *([one.cpu_ms("worker") or 0.0 for one in reads[c.label]] for c in (service, unobserved))
     )
@@ -315,10 +313,11 @@ def everything(
     env: dict[str, str], dsn: str, args: argparse.Namespace
 ) -> list[tuple[str, str, str]]:
     """Every contender: reads, writes, PgBouncer and memory, as the rows of the table."""
-    service, _ = service_contenders(env)
     bare = Contender("bare Starlette + asyncpg", ["loadtest.bench.contenders:bare"], 18101, env)
     fastapi = Contender("FastAPI + asyncpg", ["loadtest.bench.contenders:fastapi_raw"], 18102, env)
     with ExitStack() as stack:
+        metrics = stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-metrics-"))
+        service, _ = service_contenders(env, metrics)
         bouncer = stack.enter_context(pgbouncer.standalone(env["DATABASE_URL"], port=18199))
         pooled = Contender(
             "service, through PgBouncer",
@@ -339,13 +338,14 @@ def everything(
         creates = compare("create", [bare, service], CREATE, args, processes=processes)
         half = args.rows // 2
         ranges = {bare.label: (1, half), service.label: (half + 1, args.rows)}
+
+        def versions(contender: Contender) -> dict[str, str]:
+            path = versions_file(dsn, *ranges[contender.label])
+            stack.callback(os.unlink, path)
+            return {"BENCH_VERSIONS": path}
+
         updates = compare(
-            "update",
-            [bare, service],
-            UPDATE,
-            args,
-            processes=processes,
-            prepare=lambda c: {"BENCH_VERSIONS": versions_file(dsn, *ranges[c.label])},
+            "update", [bare, service], UPDATE, args, processes=processes, prepare=versions
         )
         memory = psutil.Process(processes[service.label].pid).memory_info().rss / 2**20
 

@@ -219,6 +219,8 @@ def running_stack(
         ops_port=free_port(),
         prometheus_port=free_port(),
         nginx_exporter_port=free_port(),
+        # Its own, though few stacks run PgBouncer: two files' stacks may run at once.
+        pgbouncer_port=int((extra_env or {}).get("PGBOUNCER_PORT") or free_port()),
     )
     # A scrape a second: the loads of the tests last seconds, and what they check in
     # Prometheus (a sweep's steps, the dashboard's panels) waits for two scrapes.
@@ -234,6 +236,7 @@ def running_stack(
         OPS_PORT=str(settings.ops_port),
         PROMETHEUS_PORT=str(settings.prometheus_port),
         NGINX_EXPORTER_PORT=str(settings.nginx_exporter_port),
+        PGBOUNCER_PORT=str(settings.pgbouncer_port),
     )
     stack = Stack(NativeStack(RunLayout(run_dir), settings), env, database)
     try:

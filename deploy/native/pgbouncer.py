@@ -119,10 +119,16 @@ def start(stack: Stack, database_url: str) -> None:
         for path in (here, here / "pgbouncer.ini", auth_file):
             os.chown(path, account.pw_uid, account.pw_gid)
         argv[1:1] = ["-u", RUN_AS]
-    pid = spawn(stack.layout.daemon_log(NAME), argv).pid
-    pidfile.write_text(str(pid))
-    wait_for("PgBouncer", lambda: port_open(port, host), 15)
-    log(f"pgbouncer: pid {pid}, {host}:{port}")
+    log_file = stack.layout.daemon_log(NAME)
+    process = spawn(log_file, argv)
+    pidfile.write_text(str(process.pid))
+    wait_for("PgBouncer", lambda: port_open(port, host) or process.poll() is not None, 15)
+    if process.poll() is not None:
+        pidfile.unlink(missing_ok=True)
+        said = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
+        exited = f"PgBouncer exited ({process.returncode}) instead of listening on {host}:{port}"
+        fail(f"{exited}:\n{said}")
+    log(f"pgbouncer: pid {process.pid}, {host}:{port}")
 
 
 def _loopback(host: str) -> bool:

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -218,3 +219,42 @@ def test_the_budget_counts_every_host_against_pgbouncer_and_pgbouncer_against_po
     )
     assert len(direct.parts) == 1
     assert "make up POOLER=pgbouncer" in (direct.exceeded() or "")
+
+
+@pytest.mark.stack
+def test_a_pgbouncer_that_exits_at_start_is_reported_with_its_own_words(
+    pg_server: URL,
+) -> None:
+    """The database host's PgBouncer on an address this machine does not have: it exits at
+    once, and `up` says so with PgBouncer's own lines, not after a wait for a port."""
+    run_dir = Path(tempfile.mkdtemp(prefix="notes-pooled-"))
+    run_dir.chmod(0o755)
+    with fresh_database(pg_server) as url:
+        env = {
+            **os.environ,
+            "RUN_DIR": str(run_dir),
+            "STACK_ROLE": "database",
+            "DATABASE_URL": url.render_as_string(hide_password=False),
+            "POOLER": "pgbouncer",
+            "LISTEN_ADDRESS": "192.0.2.1",  # TEST-NET-1: no host has it
+            "PGBOUNCER_PORT": str(free_port()),
+        }
+        native = [sys.executable, "-m", "deploy.native"]
+        started = time.monotonic()
+        try:
+            result = subprocess.run(
+                [*native, "up"], check=False, cwd=ROOT, env=env, capture_output=True,
+                text=True, timeout=120,
+            )  # fmt: skip
+            took = time.monotonic() - started
+        finally:
+            subprocess.run(
+                [*native, "down"], check=False, cwd=ROOT, env=env, capture_output=True,
+                timeout=60,
+            )  # fmt: skip
+            shutil.rmtree(run_dir, ignore_errors=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    port = env["PGBOUNCER_PORT"]
+    assert f"PgBouncer exited (1) instead of listening on 192.0.2.1:{port}:" in result.stderr
+    assert "192.0.2.1" in result.stderr.split("instead of listening", 1)[1].split("\n", 1)[1]
+    assert took < 15, f"{took:.1f}s: it waited for the port"

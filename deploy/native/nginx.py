@@ -5,8 +5,10 @@ import shutil
 import signal
 import subprocess
 
+import psutil
+
 from deploy.native import accounts, tls
-from deploy.native.processes import fail, log, read_pid, stop_process, wait_for
+from deploy.native.processes import children, fail, log, read_pid, stop_process, wait_for
 from deploy.native.state import Stack
 from service.config import ROOT
 
@@ -106,10 +108,42 @@ def start(stack: Stack) -> None:
 
 def reload_if_changed(stack: Stack) -> None:
     """Reload nginx only when its rendered config changed: nginx's own reload closes idle
-    client keep-alive connections, which races a client's next request on them."""
-    if render(stack) and pid(stack):
+    client keep-alive connections, which races a client's next request on them. Returns once
+    the new configuration takes every new connection."""
+    master = pid(stack)
+    if render(stack) and master:
+        before = set(_workers(master))
         run(stack, "-s", "reload", capture=True)
+        # `-s reload` only signals the master; until it has started new workers and told the
+        # old ones to stop accepting, a new connection may still meet the old configuration.
+        wait_for(
+            "nginx's workers with the new configuration",
+            lambda: _serving_the_new_configuration(master, before),
+            30,
+        )
         log("nginx: configuration changed and reloaded")
+
+
+def _workers(master: int) -> dict[int, str]:
+    """nginx's worker processes and their titles ("nginx: worker process", "... is shutting
+    down" once told to stop accepting)."""
+    titles = {}
+    for child in children(master):
+        try:
+            title = " ".join(psutil.Process(child).cmdline())
+        except psutil.Error:  # gone meanwhile
+            continue
+        if "worker process" in title:
+            titles[child] = title
+    return titles
+
+
+def _serving_the_new_configuration(master: int, before: set[int]) -> bool:
+    workers = _workers(master)
+    fresh = set(workers) - before
+    return bool(fresh) and all(
+        "is shutting down" in workers[old] for old in before if old in workers
+    )
 
 
 def stop(stack: Stack) -> None:

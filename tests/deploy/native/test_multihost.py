@@ -270,13 +270,36 @@ def test_the_app_hosts_admit_only_the_proxy(multihost_stack: Topology) -> None:
     assert httpx.get(f"{net.url}/readyz", timeout=30).status_code == 200
 
 
+def nginx_worker_titles(net: Topology) -> dict[int, str]:
+    """The proxy's live nginx workers and their titles."""
+    titles = {}
+    for pid in nginx_workers(net):
+        try:
+            titles[pid] = " ".join(psutil.Process(pid).cmdline())
+        except psutil.Error:  # exited meanwhile
+            continue
+    return titles
+
+
+def reload_proxy(net: Topology, extra: dict[str, str] | None = None) -> None:
+    """`make reload` on the proxy host, which runs nothing else: when it returns, nginx has
+    new workers and every old one has stopped accepting (retitled "is shutting down", or
+    gone), so the next connection meets the new configuration."""
+    before = nginx_worker_titles(net)
+    net.reload(net.proxy, extra)
+    after = nginx_worker_titles(net)
+    assert set(after) - set(before), (before, after)
+    still = {pid: title for pid, title in after.items() if pid in before}
+    assert all("is shutting down" in title for title in still.values()), still
+
+
 def test_the_proxy_serves_tls_after_a_reload_with_it_on(multihost_stack: Topology) -> None:
     """`make reload TLS=self-signed` on the proxy: HTTPS on its routable address, verified
     against the CA it made, HSTS, plain HTTP redirected; then back to plain HTTP."""
     net = multihost_stack
     https = f"https://{net.proxy.address}:8443"
     try:
-        net.reload(net.proxy, {"TLS": "self-signed"})
+        reload_proxy(net, {"TLS": "self-signed"})
         context = ssl.create_default_context(cafile=net.proxy.layout.tls_dir / "ca.pem")
         answer = httpx.get(f"{https}{ITEMS}", verify=context, timeout=30)
         assert answer.status_code == 200, answer.text
@@ -285,7 +308,7 @@ def test_the_proxy_serves_tls_after_a_reload_with_it_on(multihost_stack: Topolog
         assert plain.status_code == 308
         assert plain.headers["location"] == f"{https}{ITEMS}"
     finally:
-        net.reload(net.proxy)
+        reload_proxy(net)
     assert httpx.get(f"{net.url}{ITEMS}", timeout=30).status_code == 200
 
 

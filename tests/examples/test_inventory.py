@@ -298,21 +298,26 @@ async def test_stack_name_names_its_connections_and_its_prometheus_job(
     """STACK_NAME=inventory: every worker's connections are `inventory:<pid>` in
     pg_stat_activity (the app's own engine, named by the stack), and Prometheus scrapes the
     app as the job `inventory`."""
-    async with httpx.AsyncClient(base_url=inventory_stack.url) as client:
-        for _ in range(10):
-            assert (await client.get(ITEMS)).status_code == 200
+    wanted = {f"inventory:{pid}" for pid in inventory_stack.worker_pids()}
+    # A worker connects on its first request, and which worker takes a connection is the
+    # kernel's choice: reads, 20 at once, until every worker has had some.
     connection = await asyncpg.connect(pg_dsn(inventory_stack))
     try:
-        names = set(
-            await connection.fetch(
-                "SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = $1",
-                inventory_stack.database.database,
-            )
-        )
+        async with httpx.AsyncClient(base_url=inventory_stack.url) as client:
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                answers = await asyncio.gather(*(client.get(ITEMS) for _ in range(20)))
+                assert [answer.status_code for answer in answers] == [200] * 20
+                rows = await connection.fetch(
+                    "SELECT DISTINCT application_name FROM pg_stat_activity WHERE datname = $1",
+                    inventory_stack.database.database,
+                )
+                named = {row["application_name"] for row in rows}
+                if wanted <= named or asyncio.get_running_loop().time() > deadline:
+                    break
     finally:
         await connection.close()
-    named = {row["application_name"] for row in names}
-    assert {f"inventory:{pid}" for pid in inventory_stack.worker_pids()} <= named
+    assert wanted <= named, named
     deadline = asyncio.get_running_loop().time() + 30
     while not (up := await instant_query(inventory_stack.prometheus_url, 'up{job="inventory"}')):
         assert asyncio.get_running_loop().time() < deadline, "no scrape of the job inventory"

@@ -13,6 +13,7 @@ from deploy.native.processes import (
     children,
     fail,
     log,
+    log_tail,
     read_pid,
     spawn,
     stop_process,
@@ -73,8 +74,7 @@ def start(stack: Stack, env: dict[str, str], workers: int) -> int:
     def fail_if_exited() -> None:
         # Its last lines say why: a refused connection budget, a bad setting, an import error.
         if process.poll() is not None:
-            tail = stack.layout.app_log.read_text(errors="replace").splitlines()[-15:]
-            fail("gunicorn exited during start:\n" + "\n".join(tail))
+            fail(f"gunicorn exited during start:\n{log_tail(stack.layout.app_log, 15)}")
 
     def pidfile_written() -> bool:
         fail_if_exited()

@@ -3,6 +3,7 @@
 import json
 import shutil
 import signal
+from collections.abc import Callable
 
 import yaml  # type: ignore[import-untyped]
 
@@ -14,7 +15,7 @@ from deploy.native.processes import (
     read_pid,
     spawn,
     stop_process,
-    wait_for,
+    wait_started,
 )
 from deploy.native.state import Stack
 from service.config import ROOT, WorkerSettings, load
@@ -23,13 +24,28 @@ PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus"
 DAEMONS = ("prometheus", "nginx-exporter")
 
 
-def _start_daemon(stack: Stack, name: str, argv: list[str]) -> int:
-    """Start a program that writes no pid file of its own, as the service user, and write
-    one for it."""
+def _start_daemon(
+    stack: Stack,
+    name: str,
+    argv: list[str],
+    ready: Callable[[], bool],
+    timeout: float,
+    *,
+    what: str,
+    doing: str,
+    interval: float = 0.1,
+) -> int:
+    """Start a program that writes no pid file of its own, as the service user, write one
+    for it, and wait until it is `ready` (failing with its last lines if it exits instead)."""
     service = accounts.unprivileged(stack.settings.service_user)
-    pid = spawn(stack.layout.daemon_log(name), argv, account=service).pid
-    stack.layout.pidfile(name).write_text(str(pid))
-    return pid
+    log_file, pidfile = stack.layout.daemon_log(name), stack.layout.pidfile(name)
+    process = spawn(log_file, argv, account=service)
+    pidfile.write_text(str(process.pid))
+    wait_started(
+        what, process, ready, timeout, doing=doing, log_file=log_file, pidfile=pidfile,
+        interval=interval,
+    )  # fmt: skip
+    return process.pid
 
 
 def start_exporter(stack: Stack) -> None:
@@ -47,8 +63,11 @@ def start_exporter(stack: Stack) -> None:
             f"-nginx.scrape-uri={stack.ops_url}/stub_status",
             f"-web.listen-address=127.0.0.1:{port}",
         ],
+        lambda: port_open(port),
+        15,
+        what="the nginx exporter",
+        doing=f"listening on 127.0.0.1:{port}",
     )
-    wait_for("the nginx exporter", lambda: port_open(port), 15)
     log(f"nginx exporter: pid {pid}")
 
 
@@ -115,11 +134,10 @@ def start_prometheus(stack: Stack) -> None:
             f"--storage.tsdb.retention.size={settings.prometheus_retention_size}",
             f"--web.listen-address=127.0.0.1:{settings.prometheus_port}",
         ],
-    )
-    wait_for(
-        "Prometheus to be ready",
         lambda: http_status(f"{stack.prometheus_url}/-/ready") == 200,
         60,
+        what="Prometheus",
+        doing="answering /-/ready",
         interval=0.25,
     )
     log(f"prometheus: pid {pid}")

@@ -27,7 +27,15 @@ from pathlib import Path
 from sqlalchemy.engine import URL, make_url
 
 from deploy.native.layout import RunLayout
-from deploy.native.processes import fail, log, port_open, read_pid, spawn, stop_process, wait_for
+from deploy.native.processes import (
+    fail,
+    log,
+    port_open,
+    read_pid,
+    spawn,
+    stop_process,
+    wait_started,
+)
 from deploy.native.secrets import write_private
 from deploy.native.settings import StackSettings
 from deploy.native.state import Stack
@@ -122,12 +130,15 @@ def start(stack: Stack, database_url: str) -> None:
     log_file = stack.layout.daemon_log(NAME)
     process = spawn(log_file, argv)
     pidfile.write_text(str(process.pid))
-    wait_for("PgBouncer", lambda: port_open(port, host) or process.poll() is not None, 15)
-    if process.poll() is not None:
-        pidfile.unlink(missing_ok=True)
-        said = "\n".join(log_file.read_text(errors="replace").splitlines()[-10:])
-        exited = f"PgBouncer exited ({process.returncode}) instead of listening on {host}:{port}"
-        fail(f"{exited}:\n{said}")
+    wait_started(
+        "PgBouncer",
+        process,
+        lambda: port_open(port, host),
+        15,
+        doing=f"listening on {host}:{port}",
+        log_file=log_file,
+        pidfile=pidfile,
+    )
     log(f"pgbouncer: pid {process.pid}, {host}:{port}")
 
 

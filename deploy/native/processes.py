@@ -69,6 +69,31 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
         time.sleep(interval)
 
 
+def log_tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of the log at `path`: what a program said before it stopped."""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_started(
+    what: str,
+    process: "subprocess.Popen[bytes]",
+    ready: Callable[[], bool],
+    timeout: float,
+    *,
+    doing: str,
+    log_file: Path,
+    pidfile: Path,
+    interval: float = 0.1,
+) -> None:
+    """Poll `ready` as `wait_for` does, but fail at once when `process` exits instead of
+    `doing` what it was started for, with the last lines of its log (and its pid file gone)."""
+    wait_for(what, lambda: ready() or process.poll() is not None, timeout, interval)
+    if process.poll() is not None:
+        pidfile.unlink(missing_ok=True)
+        exited = f"{what} exited ({process.returncode}) instead of {doing}"
+        fail(f"{exited}:\n{log_tail(log_file, 10)}")
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:

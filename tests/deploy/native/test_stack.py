@@ -216,6 +216,44 @@ def test_rendered_nginx_config_passes_nginx_t(stack: Stack) -> None:
     assert "${" not in conf.read_text()
 
 
+@pytest.mark.stack
+def test_a_daemon_that_exits_at_start_is_reported_with_its_own_words(pg_server: URL) -> None:
+    """Prometheus on a port another program holds: it exits at once, and `up` says so with
+    Prometheus's own last lines instead of waiting a minute for /-/ready."""
+    run_dir = Path(tempfile.mkdtemp(prefix="notes-stack-"))
+    run_dir.chmod(0o755)
+    with fresh_database(pg_server) as url, socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            **os.environ,
+            "RUN_DIR": str(run_dir),
+            "DATABASE_URL": url.render_as_string(hide_password=False),
+            **{name: str(free_port()) for name in ("HTTP_PORT", "OPS_PORT", "NGINX_EXPORTER_PORT")},
+            "PROMETHEUS_PORT": str(port),
+        }
+        native = [sys.executable, "-m", "deploy.native"]
+        started = time.monotonic()
+        try:
+            result = subprocess.run(
+                [*native, "up"], check=False, cwd=ROOT, env=env, capture_output=True,
+                text=True, timeout=120,
+            )  # fmt: skip
+            took = time.monotonic() - started
+        finally:
+            subprocess.run(
+                [*native, "down"], check=False, cwd=ROOT, env=env, capture_output=True,
+                timeout=60,
+            )  # fmt: skip
+            shutil.rmtree(run_dir, ignore_errors=True)
+    assert result.returncode == 1, result.stdout + result.stderr
+    reported = result.stderr.split("Prometheus exited (1) instead of answering /-/ready:\n", 1)
+    assert len(reported) == 2, result.stderr
+    assert "address already in use" in reported[1], reported[1]
+    assert took < 60, f"{took:.1f}s: it waited for /-/ready"
+
+
 def test_up_twice_is_harmless(stack: Stack) -> None:
     master, workers = stack.master_pid(), stack.worker_pids()
     result = stack.run("up")

@@ -11,8 +11,11 @@ per-round ratios, and where the CPU of a request went in each (nginx, gunicorn's
 workers, PostgreSQL, wrk), from the kernel's counters of every process at both ends of a round.
 
     uv run python -m loadtest.bench.stack [--workers 2] [--rounds 5] [--seconds 8]
-        [--connections 64] [--rows 10000] [--check] [--stack-env NAME=VALUE ...]
+        [--warmup-seconds 3] [--connections 64] [--rows 10000] [--direct] [--check]
+        [--stack-env NAME=VALUE ...]
 
+`--direct` adds a third contender: the stack's gunicorn on 127.0.0.1, with wrk at it past nginx,
+which parts what the proxy hop costs from what gunicorn and the stack's worker class cost.
 `--check` exits 1 when the stack keeps less than 0.90 of the bare server (a gate of its own:
 speed is never asserted in `make test`). DATABASE_URL names a server; the benchmark makes and
 drops its own database there.
@@ -27,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +149,20 @@ def stack(
 
 
 @contextmanager
+def direct(database: BenchDatabase, workers: int) -> Iterator[Server]:
+    """The stack's gunicorn on a TCP port of 127.0.0.1 (nginx's upstream too), with wrk at
+    it past nginx: the stack's process manager and worker class without the proxy hop."""
+    port = free_port()
+    bind = f"127.0.0.1:{port}"
+    with stack(database, workers, {"GUNICORN_BIND": bind, "APP_UPSTREAM": bind}) as deployed:
+
+        def parts() -> dict[str, list[int]]:
+            return {part: pids for part, pids in deployed.parts().items() if part != "nginx"}
+
+        yield Server(f"gunicorn straight, {workers} worker{'s' * (workers > 1)}", port, parts)
+
+
+@contextmanager
 def bare(database: BenchDatabase, workers: int) -> Iterator[Server]:
     """`uvicorn --workers N` on the same app, straight: what a user would run instead. The
     app's settings are the deployed ones (access line, multiprocess metrics) and its output
@@ -192,7 +209,9 @@ def compare(servers: list[Server], args: argparse.Namespace) -> dict[str, list[R
     figures: dict[str, list[Round]] = {server.label: [] for server in servers}
     env = {"BENCH_ROWS": str(args.rows)}
     for number, server in schedule(servers, args.rounds):
-        seconds = args.seconds if number else 3
+        if not number and not args.warmup_seconds:
+            continue
+        seconds = args.seconds if number else args.warmup_seconds
         one = measure(
             server.port,
             server.parts,
@@ -208,7 +227,7 @@ def compare(servers: list[Server], args: argparse.Namespace) -> dict[str, list[R
             f"{part} {ms:.3f}" for part in (*PARTS, "wrk") if (ms := one.cpu_ms(part))
         )
         print(
-            f"round {number} {server.label:24s} {one.rate:8.0f} req/s  "
+            f"round {number} {server.label:30s} {one.rate:8.0f} req/s  "
             f"p99 {one.p99_ms:6.1f} ms  CPU ms/request: {parts}; "
             f"machine {one.busy_cores():.2f} cores busy",
             flush=True,
@@ -216,30 +235,40 @@ def compare(servers: list[Server], args: argparse.Namespace) -> dict[str, list[R
     return figures
 
 
-def table(stack_rounds: list[Round], bare_rounds: list[Round]) -> list[tuple[str, str, str]]:
-    """The rows `make bench` prints (the stack's figure, the bare server's): rates, the ratio,
-    p99, and a request's CPU by part."""
+def table(figures: dict[str, list[Round]], bare: str) -> list[tuple[str, ...]]:
+    """The rows `make bench` prints, a column per contender (`bare` last): rates, each one's
+    ratio to the bare server by rate and by CPU, p99, and a request's CPU by part."""
+    labels = [label for label in figures if label != bare] + [bare]
 
-    def row(
-        name: str, value: Callable[[Round], float | None], digits: int = 3
-    ) -> tuple[str, str, str]:
+    def row(name: str, value: Callable[[Round], float | None], digits: int = 3) -> tuple[str, ...]:
         def shown(rounds: list[Round]) -> str:
             median = median_of(rounds, value)
             return "" if median is None else f"{median:,.{digits}f}"
 
-        return name, shown(stack_rounds), shown(bare_rounds)
+        return (name, *(shown(figures[label]) for label in labels))
+
+    def ratios(name: str, of: Callable[[list[Round]], float], note: str) -> tuple[str, ...]:
+        return (name, *(f"{of(figures[label]):.2f}" for label in labels[:-1]), note)
 
     def cpu(part: str) -> Callable[[Round], float | None]:
         return lambda one: one.cpu_ms(part)
 
-    rate = median_ratio([one.rate for one in stack_rounds], [one.rate for one in bare_rounds])
-    by_cpu = median_ratio(
-        [one.total_cpu_ms() for one in bare_rounds], [one.total_cpu_ms() for one in stack_rounds]
-    )
+    bare_rounds = figures[bare]
     return [
+        ("figure", *labels),
         row("read req/s (median)", lambda one: one.rate, 0),
-        ("read, stack / bare (median of round ratios)", f"{rate:.2f}", f"target >= {TARGET}"),
-        ("read, stack / bare by CPU per request", f"{by_cpu:.2f}", "bare's / the stack's"),
+        ratios(
+            "read, / bare (median of round ratios)",
+            lambda rounds: median_ratio([o.rate for o in rounds], [o.rate for o in bare_rounds]),
+            f"target for the stack >= {TARGET}",
+        ),
+        ratios(
+            "read, / bare by CPU per request",
+            lambda rounds: median_ratio(
+                [o.total_cpu_ms() for o in bare_rounds], [o.total_cpu_ms() for o in rounds]
+            ),
+            "bare's / its own",
+        ),
         row("p99 ms (median)", lambda one: one.p99_ms, 1),
         *(row(f"CPU ms/request: {part}", cpu(part)) for part in (*PARTS, "wrk")),
         # nginx sleeps in epoll_wait between events: each wake-up costs it a context switch.
@@ -249,14 +278,24 @@ def table(stack_rounds: list[Round], bare_rounds: list[Round]) -> list[tuple[str
     ]
 
 
+def markdown(rows: list[tuple[str, ...]]) -> str:
+    """`rows` (the first one the header) as a Markdown table."""
+    lines = [rows[0], ("---",) * len(rows[0]), *rows[1:]]
+    return "\n".join(f"| {' | '.join(line)} |" for line in lines)
+
+
 def main() -> None:
     """Command line: the two contenders, alternating rounds, the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--warmup-seconds", type=int, default=3, help="0: no warm-up round")
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument(
+        "--direct", action="store_true", help="also gunicorn straight, past nginx (see above)"
+    )
     parser.add_argument("--check", action="store_true", help=f"exit 1 below {TARGET}")
     parser.add_argument(
         "--stack-env",
@@ -269,18 +308,16 @@ def main() -> None:
     settings = dict(setting.split("=", 1) for setting in args.stack_env)
 
     print(f"load average before: {load_average()}", flush=True)
-    with bench_database(args.rows) as database:
-        with (
-            stack(database, args.workers, settings) as deployed,
-            bare(database, args.workers) as straight,
-        ):
-            figures = compare([deployed, straight], args)
-        rows = table(figures[deployed.label], figures[straight.label])
-    print(f"load average after: {load_average()}")
-    print(f"\n| figure | {deployed.label} | {straight.label} |\n| --- | --- | --- |")
-    for row in rows:
-        print(f"| {' | '.join(row)} |")
-    ratio = median_ratio(*([one.rate for one in figures[s.label]] for s in (deployed, straight)))
+    with bench_database(args.rows) as database, ExitStack() as servers:
+        contenders = [servers.enter_context(stack(database, args.workers, settings))]
+        if args.direct:
+            contenders.append(servers.enter_context(direct(database, args.workers)))
+        contenders.append(servers.enter_context(bare(database, args.workers)))
+        figures = compare(contenders, args)
+    deployed, straight = contenders[0].label, contenders[-1].label
+    print(f"load average after: {load_average()}\n")
+    print(markdown(table(figures, straight)))
+    ratio = median_ratio(*([one.rate for one in figures[label]] for label in (deployed, straight)))
     if args.check and ratio < TARGET:
         sys.exit(f"the stack keeps {ratio:.2f} of the bare server, below {TARGET}")
 

@@ -98,6 +98,12 @@ class Stack:
         """The live workers of the current master."""
         return children(self.master_pid())
 
+    def nginx_pids(self) -> tuple[int, list[int]]:
+        """nginx's master and its workers, but those a reload told to finish and exit."""
+        master = read_pid(self.layout.nginx_pidfile)
+        assert master, "nginx is not running"
+        return master, [pid for pid in children(master) if "shutting down" not in _command(pid)]
+
     def down(self) -> None:
         """`down`, and what it promises: no process of the stack alive (gunicorn's workers,
         every daemon with a pid file in the run dir, a private PostgreSQL), no port of it

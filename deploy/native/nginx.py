@@ -1,5 +1,6 @@
 """nginx: the repo's nginx.conf template rendered for native mode, started, reloaded, stopped."""
 
+import os
 import re
 import shutil
 import signal
@@ -11,9 +12,22 @@ from deploy.native import accounts, tls
 from deploy.native.processes import children, fail, log, read_pid, stop_process, wait_for
 from deploy.native.state import Stack
 from service.config import ROOT
+from service.runtime.capacity import usable_cpus
 
 TEMPLATE = ROOT / "nginx.conf"
 PLACEHOLDER = re.compile(r"\$\{([A-Z_]+)\}")
+
+
+# nginx costs about a tenth of a request's CPU (docs/performance.md): one nginx worker per 8
+# cores keeps up with workers that fill the other cores, and a worker that serves more of the
+# connections finds more events ready each time it wakes.
+CORES_PER_WORKER = 8
+
+
+def default_worker_processes(cpus: int) -> int:
+    """NGINX_WORKER_PROCESSES unset: one nginx worker per CORES_PER_WORKER cores, at least one
+    (Compose's start script computes the same from the host's cores)."""
+    return max(1, -(-cpus // CORES_PER_WORKER))
 
 
 def values(stack: Stack) -> dict[str, str]:
@@ -23,6 +37,9 @@ def values(stack: Stack) -> dict[str, str]:
         "NGINX_RUN_DIR": str(layout.nginx_dir),
         "NGINX_ACCESS_LOG": str(layout.nginx_access_log),
         "NGINX_ERROR_LOG": str(layout.nginx_error_log),
+        "NGINX_WORKER_PROCESSES": str(
+            stack.settings.nginx_worker_processes or default_worker_processes(usable_cpus())
+        ),
         "LISTEN_ADDRESS": stack.settings.listen_address,
         "OPS_LISTEN_ADDRESS": "127.0.0.1",
         "HTTP_PORT": str(stack.settings.http_port),
@@ -79,6 +96,14 @@ def render(stack: Stack) -> bool:
     return rendered != previous or includes_changed
 
 
+# NGINX_SCHED_POLICY: the policy nginx is started under; its workers, forked by the master,
+# inherit it, those of a reload too. SCHED_BATCH weighs as nice 0 (the same share of the CPU,
+# no starvation) and any process may take it, but its wake-ups do not preempt: nginx waits for
+# a worker to block instead of taking the CPU from it at each event, and finds several events
+# ready when it runs (docs/performance.md measures it).
+POLICIES = {"batch": os.SCHED_BATCH, "other": os.SCHED_OTHER}
+
+
 def run(stack: Stack, *args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
     """Run the nginx binary against the rendered config."""
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -86,6 +111,19 @@ def run(stack: Stack, *args: str, capture: bool = False) -> subprocess.Completed
     argv = [binary, "-p", str(layout.nginx_dir), "-c", str(layout.nginx_conf)]
     argv += ["-e", str(layout.nginx_error_log), *args]
     return subprocess.run(argv, capture_output=capture, text=True, check=False)
+
+
+def _serve(stack: Stack) -> subprocess.CompletedProcess[str]:
+    """Start nginx's master (it daemonizes) under NGINX_SCHED_POLICY."""
+    policy = POLICIES[stack.settings.nginx_sched_policy]
+    # On this thread for the time of the start (a child inherits its parent's policy), then
+    # restored: a preexec_fn would do it in the child, but is not safe with threads.
+    previous = os.sched_getscheduler(0), os.sched_getparam(0)
+    os.sched_setscheduler(0, policy, os.sched_param(0))
+    try:
+        return run(stack, capture=True)
+    finally:
+        os.sched_setscheduler(0, *previous)
 
 
 def pid(stack: Stack) -> int | None:
@@ -99,7 +137,7 @@ def start(stack: Stack) -> None:
         log(f"nginx: already running (pid {pid(stack)})")
         return
     render(stack)
-    result = run(stack, capture=True)
+    result = _serve(stack)
     if result.returncode != 0:
         fail(f"nginx did not start:\n{result.stderr}")
     wait_for("nginx's pid file", lambda: pid(stack) is not None, 10)

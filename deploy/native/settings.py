@@ -48,6 +48,11 @@ def cidrs(value: str) -> str:
     return " ".join(networks)
 
 
+def unset_if_empty(value: object) -> object:
+    """An empty value (`NAME=` in .env) is the setting left unset."""
+    return None if value == "" else value
+
+
 class StackSettings(RunDirSettings):
     """The native runner's ports and roles (`make up` without Docker).
 
@@ -113,6 +118,23 @@ class StackSettings(RunDirSettings):
         "ports and logs), in SERVICE_USER's group, the one that may reach gunicorn's socket",
         per_deployment=False,
         pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
+    )
+    nginx_worker_processes: Annotated[int | None, BeforeValidator(unset_if_empty)] = setting(
+        None,
+        "nginx's worker processes: unset, one per 8 usable cores (one up to 8 cores): nginx "
+        "costs about a tenth of a request's CPU, and fewer workers each find more events "
+        "ready when they wake (docs/performance.md); Compose counts the host's cores",
+        example="",
+        ge=1,
+        le=1024,
+    )
+    nginx_sched_policy: Literal["batch", "other"] = setting(
+        "batch",
+        "the kernel's scheduling policy nginx's master and workers run under: `batch` "
+        "(SCHED_BATCH: the same share of the CPU, but a wake-up does not preempt a running "
+        "worker, so nginx handles several events a wake-up; docs/performance.md measures it); "
+        "`other`: the kernel's default",
+        per_deployment=False,
     )
     app_database_url: str | None = setting(
         None,

@@ -12,10 +12,12 @@ workers, PostgreSQL, wrk), from the kernel's counters of every process at both e
 
     uv run python -m loadtest.bench.stack [--workers 2] [--rounds 5] [--seconds 8]
         [--warmup-seconds 3] [--connections 64] [--rows 10000] [--direct] [--check]
-        [--stack-env NAME=VALUE ...]
+        [--stack-env NAME=VALUE ...] [--variant NAME=VALUE ...]
 
 `--direct` adds a third contender: the stack's gunicorn on 127.0.0.1, with wrk at it past nginx,
 which parts what the proxy hop costs from what gunicorn and the stack's worker class cost.
+`--variant NAME=VALUE` adds the stack with one setting changed, side by side with the stack as
+deployed (`--variant NGINX_SCHED_POLICY=other`: what nginx's scheduling policy is worth).
 `--check` exits 1 when the stack keeps less than 0.90 of the bare server (a gate of its own:
 speed is never asserted in `make test`). DATABASE_URL names a server; the benchmark makes and
 drops its own database there.
@@ -100,7 +102,10 @@ def backends(database: BenchDatabase) -> list[int]:
 
 @contextmanager
 def stack(
-    database: BenchDatabase, workers: int, settings: dict[str, str] | None = None
+    database: BenchDatabase,
+    workers: int,
+    settings: dict[str, str] | None = None,
+    label: str | None = None,
 ) -> Iterator[Server]:
     """The stack as `make up` runs it, by the native runner, on free ports in a fresh run dir
     (nginx's unprivileged workers must reach the socket in it: not a private temp dir)."""
@@ -142,7 +147,8 @@ def stack(
         started = runner("up")
         if started.returncode != 0:
             raise SystemExit(f"the stack did not start:\n{started.stdout}{started.stderr}")
-        yield Server(f"stack, {workers} worker{'s' * (workers > 1)}", http_port, parts)
+        label = label or f"stack, {workers} worker{'s' * (workers > 1)}"
+        yield Server(label, http_port, parts)
     finally:
         runner("down")
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -284,6 +290,15 @@ def markdown(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(f"| {' | '.join(line)} |" for line in lines)
 
 
+def assignment(text: str) -> tuple[str, str]:
+    """`NAME=VALUE`, as --stack-env and --variant take it."""
+    name, equals, value = text.partition("=")
+    if not name or not equals:
+        msg = f"{text!r} is not NAME=VALUE"
+        raise argparse.ArgumentTypeError(msg)
+    return name, value
+
+
 def main() -> None:
     """Command line: the two contenders, alternating rounds, the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -299,17 +314,29 @@ def main() -> None:
     parser.add_argument("--check", action="store_true", help=f"exit 1 below {TARGET}")
     parser.add_argument(
         "--stack-env",
+        type=assignment,
         action="append",
         default=[],
         metavar="NAME=VALUE",
         help="a setting for the stack alone, to try a variant (repeat for more)",
     )
+    parser.add_argument(
+        "--variant",
+        type=assignment,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="also the stack with this setting, as a contender of its own (repeatable)",
+    )
     args = parser.parse_args()
-    settings = dict(setting.split("=", 1) for setting in args.stack_env)
+    settings = dict(args.stack_env)
 
     print(f"load average before: {load_average()}", flush=True)
     with bench_database(args.rows) as database, ExitStack() as servers:
         contenders = [servers.enter_context(stack(database, args.workers, settings))]
+        for name, value in args.variant:
+            changed, label = {**settings, name: value}, f"stack, {name}={value}"
+            contenders.append(servers.enter_context(stack(database, args.workers, changed, label)))
         if args.direct:
             contenders.append(servers.enter_context(direct(database, args.workers)))
         contenders.append(servers.enter_context(bare(database, args.workers)))

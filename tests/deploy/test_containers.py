@@ -616,6 +616,22 @@ def test_both_modes_write_the_same_rate_limit_exemptions(tmp_path: Path) -> None
     assert written == "10.0.0.0/8 1;\n192.168.1.0/24 1;\n::1 1;\n"
 
 
+@pytest.mark.parametrize("given", ["", "3"])
+def test_both_modes_start_as_many_nginx_workers(given: str) -> None:
+    """Compose's start script, run by a real shell: NGINX_WORKER_PROCESSES when given, else
+    native mode's default for the host's cores."""
+    script = nginx_render_script()
+    line = next(line for line in script.splitlines() if "NGINX_WORKER_PROCESSES:=" in line)
+    env = {"PATH": os.environ["PATH"], "NGINX_WORKER_PROCESSES": given}
+    result = subprocess.run(
+        ["/bin/sh", "-euc", f'{line}\necho "$NGINX_WORKER_PROCESSES"'],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cores = sum(line.startswith("processor") for line in cpuinfo)
+    assert int(result.stdout) == int(given or nginx.default_worker_processes(cores))
+
+
 def test_compose_renders_nginx_conf_completely_and_keeps_nginx_variables() -> None:
     nginx = services()["nginx"]
     env = {key: str(value) for key, value in nginx["environment"].items()}

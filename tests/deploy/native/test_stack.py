@@ -18,7 +18,9 @@ import httpx
 import pytest
 from sqlalchemy.engine import URL
 
-from deploy.native.processes import alive, free_port
+from deploy.native import monitoring, nginx
+from deploy.native.processes import alive, free_port, read_pid
+from service.runtime.capacity import usable_cpus
 from tests.metrics import value
 from tests.postgres import PG_CLUSTER, ROOT, fresh_database, locked_table
 from tests.service.observability.test_across_workers import NOTE_ROUTE, scrape
@@ -252,6 +254,34 @@ def test_a_daemon_that_exits_at_start_is_reported_with_its_own_words(pg_server: 
     assert len(reported) == 2, result.stderr
     assert "address already in use" in reported[1], reported[1]
     assert took < 60, f"{took:.1f}s: it waited for /-/ready"
+
+
+def test_nginx_and_the_workers_of_its_reloads_run_under_sched_batch(stack: Stack) -> None:
+    """NGINX_SCHED_POLICY's default. The daemons `up` starts right after nginx (the exporter,
+    Prometheus) and gunicorn keep the kernel's default: the runner took SCHED_BATCH for
+    nginx's start only."""
+    master, workers = stack.nginx_pids()
+    assert workers
+    assert {pid: os.sched_getscheduler(pid) for pid in [master, *workers]} == dict.fromkeys(
+        [master, *workers], os.SCHED_BATCH
+    )
+    others = [stack.master_pid(), *stack.worker_pids()]
+    others += [read_pid(stack.layout.pidfile(name)) or 0 for name in monitoring.DAEMONS]
+    assert {os.sched_getscheduler(pid) for pid in others} == {os.SCHED_OTHER}
+    os.kill(master, signal.SIGHUP)  # nginx's own reload: new workers, forked by the master
+    deadline = time.monotonic() + 10
+    # Until the old workers are told to finish (or gone) and only new ones serve.
+    while not (fresh := set(stack.nginx_pids()[1])) or fresh & set(workers):
+        assert time.monotonic() < deadline, "nginx did not replace its workers on SIGHUP"
+        time.sleep(0.05)
+    assert {os.sched_getscheduler(pid) for pid in fresh} == {os.SCHED_BATCH}
+
+
+def test_nginx_starts_one_worker_per_8_usable_cores(stack: Stack) -> None:
+    assert [nginx.default_worker_processes(cpus) for cpus in (1, 2, 8, 9, 16, 17)] == [
+        1, 1, 1, 2, 2, 3,
+    ]  # fmt: skip
+    assert len(stack.nginx_pids()[1]) == nginx.default_worker_processes(usable_cpus())
 
 
 def test_up_twice_is_harmless(stack: Stack) -> None:

@@ -5,6 +5,8 @@ import re
 import shutil
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psutil
 
@@ -113,17 +115,28 @@ def run(stack: Stack, *args: str, capture: bool = False) -> subprocess.Completed
     return subprocess.run(argv, capture_output=capture, text=True, check=False)
 
 
-def _serve(stack: Stack) -> subprocess.CompletedProcess[str]:
-    """Start nginx's master (it daemonizes) under NGINX_SCHED_POLICY."""
-    policy = POLICIES[stack.settings.nginx_sched_policy]
-    # On this thread for the time of the start (a child inherits its parent's policy), then
-    # restored: a preexec_fn would do it in the child, but is not safe with threads.
+@contextmanager
+def scheduled(name: str) -> Iterator[None]:
+    """This thread under the policy `name` of POLICIES for the time of the block (a child
+    started in it inherits the policy), then back to its own: a preexec_fn would set it in the
+    child, but is not safe with threads. A kernel that refuses the policy (a sandbox, a
+    process under SCHED_IDLE without CAP_SYS_NICE) is said, not fatal: it is speed only."""
     previous = os.sched_getscheduler(0), os.sched_getparam(0)
-    os.sched_setscheduler(0, policy, os.sched_param(0))
     try:
-        return run(stack, capture=True)
+        os.sched_setscheduler(0, POLICIES[name], os.sched_param(0))
+    except OSError as exc:
+        log(f"nginx: the kernel refused NGINX_SCHED_POLICY={name} ({exc.strerror}); "
+            "nginx runs under the runner's own policy")  # fmt: skip
+    try:
+        yield
     finally:
         os.sched_setscheduler(0, *previous)
+
+
+def _serve(stack: Stack) -> subprocess.CompletedProcess[str]:
+    """Start nginx's master (it daemonizes) under NGINX_SCHED_POLICY."""
+    with scheduled(stack.settings.nginx_sched_policy):
+        return run(stack, capture=True)
 
 
 def pid(stack: Stack) -> int | None:

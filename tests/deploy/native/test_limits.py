@@ -7,10 +7,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from pydantic import ValidationError
 from sqlalchemy.engine import URL
 
-from deploy.native.settings import StackSettings
 from tests.postgres import fresh_database
 from tests.stack import Stack, running_stack
 
@@ -37,15 +35,6 @@ def test_nginx_starts_its_workers_as_the_settings_say(limited_stack: Stack) -> N
     master, workers = limited_stack.nginx_pids()
     assert len(workers) == 3
     assert {os.sched_getscheduler(pid) for pid in [master, *workers]} == {os.SCHED_OTHER}
-
-
-def test_nginx_worker_processes_empty_is_unset_and_below_one_is_refused() -> None:
-    assert StackSettings(nginx_worker_processes="").nginx_worker_processes is None
-    assert StackSettings(nginx_worker_processes="4").nginx_worker_processes == 4
-    with pytest.raises(ValidationError, match="greater than or equal to 1"):
-        StackSettings(nginx_worker_processes="0")
-    with pytest.raises(ValidationError, match="Input should be 'batch' or 'other'"):
-        StackSettings(nginx_sched_policy="fifo")
 
 
 async def test_a_burst_over_the_rate_gets_429s_and_nothing_else_fails(

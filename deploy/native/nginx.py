@@ -162,6 +162,8 @@ def reload_if_changed(stack: Stack) -> None:
     client keep-alive connections, which races a client's next request on them. Returns once
     the new configuration takes every new connection."""
     master = pid(stack)
+    if master:
+        _follow_the_policy(stack, master)
     if render(stack) and master:
         before = set(_workers(master))
         run(stack, "-s", "reload", capture=True)
@@ -173,6 +175,25 @@ def reload_if_changed(stack: Stack) -> None:
             30,
         )
         log("nginx: configuration changed and reloaded")
+
+
+def _follow_the_policy(stack: Stack, master: int) -> None:
+    """NGINX_SCHED_POLICY changed since nginx started: its master and workers take it now (the
+    workers a reload forks inherit the master's)."""
+    name = stack.settings.nginx_sched_policy
+    changed = False
+    for one in [master, *_workers(master)]:
+        try:
+            if os.sched_getscheduler(one) != POLICIES[name]:
+                os.sched_setscheduler(one, POLICIES[name], os.sched_param(0))
+                changed = True
+        except ProcessLookupError:  # a worker gone meanwhile
+            continue
+        except OSError as exc:
+            log(f"nginx: the kernel refused NGINX_SCHED_POLICY={name} ({exc.strerror})")
+            return
+    if changed:
+        log(f"nginx: now under NGINX_SCHED_POLICY={name}")
 
 
 def _workers(master: int) -> dict[int, str]:

@@ -37,6 +37,21 @@ def test_nginx_starts_its_workers_as_the_settings_say(limited_stack: Stack) -> N
     assert {os.sched_getscheduler(pid) for pid in [master, *workers]} == {os.SCHED_OTHER}
 
 
+def test_reload_gives_running_nginx_a_changed_sched_policy(limited_stack: Stack) -> None:
+    """NGINX_SCHED_POLICY changed, then `make reload`: nginx's master and workers take it (the
+    config is the same, so nginx itself is not reloaded); changed back, back again."""
+    env = limited_stack.env
+    for name, policy in (("batch", os.SCHED_BATCH), ("other", os.SCHED_OTHER)):
+        limited_stack.env = {**env, "NGINX_SCHED_POLICY": name}
+        try:
+            result = limited_stack.run("reload")
+        finally:
+            limited_stack.env = env
+        assert f"nginx: now under NGINX_SCHED_POLICY={name}" in result.stdout
+        master, workers = limited_stack.nginx_pids()
+        assert {os.sched_getscheduler(pid) for pid in [master, *workers]} == {policy}
+
+
 async def test_a_burst_over_the_rate_gets_429s_and_nothing_else_fails(
     limited_stack: Stack,
 ) -> None:

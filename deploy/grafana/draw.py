@@ -26,6 +26,10 @@ COLUMN_INCHES = 0.8
 ROW_UNIT_INCHES = 0.42
 DPI = 100
 LEGEND_ENTRIES = 12
+# About the width of one character of the legend's 7-point font, and of an entry's line and
+# spacing, in inches: enough to keep the legend within its panel's width.
+LEGEND_CHAR_INCHES = 0.06
+LEGEND_HANDLE_INCHES = 0.45
 # Grafana's named colours that matplotlib does not know.
 COLORS = {"dark-red": "#c4162a", "semi-dark-red": "#e02f44", "dark-green": "#37872d"}
 # Spacings of the time axis's ticks, in seconds.
@@ -120,17 +124,29 @@ def draw_lines(axes: Axes, data: PanelData, window: Window) -> None:
     # Below the plot, as Grafana's legend: the first LEGEND_ENTRIES series (a sweep's recycled
     # workers would otherwise squeeze the plot away).
     handles, names = axes.get_legend_handles_labels()
+    shown, columns = legend_layout(names[:LEGEND_ENTRIES], data.panel["gridPos"]["w"])
     axes.legend(
         handles[:LEGEND_ENTRIES],
-        names[:LEGEND_ENTRIES],
+        shown,
         title=f"{LEGEND_ENTRIES} of {len(names)} series" if len(names) > LEGEND_ENTRIES else None,
         title_fontsize=7,
         fontsize=7,
         loc="upper left",
         bbox_to_anchor=(0, -0.12),
         frameon=False,
-        ncols=max(1, min(4, data.panel["gridPos"]["w"] // 4)),
+        ncols=columns,
     )
+
+
+def legend_layout(names: list[str], width: int) -> tuple[list[str], int]:
+    """The legend's names and columns for a panel `width` grid columns wide: names cut (…) to
+    what one column holds, and as many columns (four at most) as the widest fits. A legend
+    wider than its panel leaves the layout no room for the plot."""
+    inches = width * COLUMN_INCHES
+    room = max(8, int((inches - LEGEND_HANDLE_INCHES) / LEGEND_CHAR_INCHES))
+    shown = [name if len(name) <= room else name[: room - 1] + "…" for name in names]
+    widest = max((len(name) for name in shown), default=0) * LEGEND_CHAR_INCHES
+    return shown, max(1, min(4, int(inches / (widest + LEGEND_HANDLE_INCHES))))
 
 
 def isolated(values: list[float]) -> list[int]:

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from matplotlib import image
 
-from deploy.grafana.draw import isolated
-from deploy.grafana.queries import legend
+from deploy.grafana.draw import draw_row, isolated, legend_layout
+from deploy.grafana.queries import PanelData, Series, legend
 from deploy.grafana.render import DASHBOARD, render_rows
 from deploy.grafana.rows import rows
 from deploy.grafana.units import format_value
@@ -168,6 +168,34 @@ def test_legends_and_units() -> None:
     nan = float("nan")
     assert isolated([nan, 1.0, nan, 2.0, 3.0, nan, 4.0]) == [1, 6]
     assert isolated([5.0]) == [0]
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("count", [1, 12, 40])
+def test_every_row_keeps_its_plots_whatever_the_legends_hold(count: int, tmp_path: Path) -> None:
+    """Series with long names (a sweep's recycled workers, a route each): no legend is wider
+    than its panel, so the layout never squeezes a plot away (matplotlib warns, then draws
+    the row unlaid out)."""
+    end = time.time()
+    window = Window(end - 120, end)
+    times = [window.start + 5 * step for step in range(25)]
+    long = [f"pid {100_000 + n} GET /api/v1/notes/{{id}} 200 {'x' * 40}" for n in range(count)]
+    for one in rows(committed()):
+        drawn = [
+            PanelData(shown, [Series({"route": "/x", "pid": "1"}, "x", times, [1.0] * 25)])
+            if shown.get("type") in ("stat", "table")
+            else PanelData(shown, [Series({}, name, times, [1.0] * 25) for name in long])
+            for shown in one.panels
+        ]
+        draw_row(one, drawn, window, tmp_path / "row.png")
+        check_png(tmp_path / "row.png")
+
+    shown, columns = legend_layout(["short", "names"], 24)
+    assert (shown, columns) == (["short", "names"], 4)
+    shown, columns = legend_layout(long[:1], 6)
+    assert columns == 1
+    assert shown[0].endswith("…")
+    assert len(shown[0]) < len(long[0])
 
 
 def test_only_a_loopback_prometheus(tmp_path: Path) -> None:

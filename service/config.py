@@ -13,9 +13,16 @@ the upper-case environment variable of its name (`db_pool_size` from `DB_POOL_SI
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, PostgresDsn, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    PostgresDsn,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -23,6 +30,15 @@ LogFormat = Literal["json", "console"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 Environment = Literal["development", "test", "production"]
 Pooler = Literal["none", "pgbouncer"]
+
+
+def unset_if_empty(value: object) -> object:
+    """An empty value (`NAME=` in .env) is the setting left unset."""
+    return None if value == "" else value
+
+
+# An optional setting that `NAME=` leaves unset.
+Unset = BeforeValidator(unset_if_empty)
 
 ROOT = Path(__file__).resolve().parent.parent
 # The passwords examples and defaults ship with (.env.example's `change-me` among them): never a
@@ -89,13 +105,13 @@ class WorkerSettings(FromEnvironment):
         "a directory put first on the import path, where `APP`'s package is found",
         example=".",
     )
-    migrations: Path | None = setting(
+    migrations: Annotated[Path | None, Unset] = setting(
         ROOT / "alembic.ini",
         "the app's alembic.ini: `make up` and `make migrate` run it under the stack's advisory "
         "lock, and /readyz asks for its head revisions; empty: no migrations, no schema check",
         example="alembic.ini",
     )
-    ready_check: str | None = setting(
+    ready_check: Annotated[str | None, Unset] = setting(
         None,
         "`pkg.module:callable`, an async function /readyz awaits after its own checks: ready "
         "when it returns, 503 with its message when it raises",
@@ -141,11 +157,6 @@ class WorkerSettings(FromEnvironment):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
-
-    @field_validator("migrations", "ready_check", mode="before")
-    @classmethod
-    def _empty_is_none(cls, value: object) -> object:
-        return None if value == "" else value
 
 
 class Settings(WorkerSettings):

@@ -1,5 +1,6 @@
 """nginx: the repo's nginx.conf template rendered for native mode, started, reloaded, stopped."""
 
+import math
 import os
 import re
 import shutil
@@ -29,7 +30,7 @@ CORES_PER_WORKER = 8
 def default_worker_processes(cpus: int) -> int:
     """NGINX_WORKER_PROCESSES unset: one nginx worker per CORES_PER_WORKER cores, at least one
     (Compose's start script computes the same from the host's cores)."""
-    return max(1, -(-cpus // CORES_PER_WORKER))
+    return max(1, math.ceil(cpus / CORES_PER_WORKER))
 
 
 def values(stack: Stack) -> dict[str, str]:

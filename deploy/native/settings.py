@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BeforeValidator
 
 from deploy.native.roles import known_role, roles_help
-from service.config import Pooler, RunDirSettings, setting
+from service.config import Pooler, RunDirSettings, Unset, setting
 
 
 def parse_size(text: object) -> int:
@@ -46,11 +46,6 @@ def cidrs(value: str) -> str:
             msg = f"not a network (CIDR): {network!r}"
             raise ValueError(msg) from exc
     return " ".join(networks)
-
-
-def unset_if_empty(value: object) -> object:
-    """An empty value (`NAME=` in .env) is the setting left unset."""
-    return None if value == "" else value
 
 
 class StackSettings(RunDirSettings):
@@ -119,7 +114,7 @@ class StackSettings(RunDirSettings):
         per_deployment=False,
         pattern=r"^[a-z_][a-z0-9_-]{0,31}$",
     )
-    nginx_worker_processes: Annotated[int | None, BeforeValidator(unset_if_empty)] = setting(
+    nginx_worker_processes: Annotated[int | None, Unset] = setting(
         None,
         "nginx's worker processes: unset, one per 8 usable cores (one up to 8 cores): nginx "
         "costs about a tenth of a request's CPU, and fewer workers each find more events "

@@ -20,7 +20,7 @@ from deploy.grafana.variables import substitute as substitute_variables
 from deploy.prometheus.client import Series
 from service.config import ROOT
 from tests.metrics import instant_query
-from tests.stack import Load, Stack
+from tests.stack import Load, Stack, background_load
 
 GRAFANA_DIR = ROOT / "deploy" / "grafana"
 GENERATOR = GRAFANA_DIR / "dashboard.py"
@@ -404,19 +404,22 @@ async def load_until_every_query_answers(stack: Stack) -> list[str]:
             break
         await asyncio.sleep(1)
 
-    # Then until every query answers, with some load still coming: per-pid series, the
-    # recording rules and the exporter's counters each need their own two samples.
+    # Then until every query answers, with load running throughout: per-pid series, the
+    # recording rules and the exporter's counters each need their own two samples, and the
+    # in-progress gauge (sampled each second) requests in flight when a worker samples it;
+    # bursts between the checks were over before most samples on a fast host.
     missing: list[str] = []
     deadline = time.monotonic() + 40
-    while True:
-        await Load(stack.url, concurrency=10).run(total=100)
-        missing = []
-        for title, ref_id, expr in wanted:
-            if not has_a_number(await instant_query(stack.prometheus_url, expr)):
-                missing.append(f"{title} [{ref_id}]: {expr}")
-        if not missing or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(2)
+    async with background_load(stack.url, concurrency=10) as running:
+        while True:
+            missing = []
+            for title, ref_id, expr in wanted:
+                if not has_a_number(await instant_query(stack.prometheus_url, expr)):
+                    missing.append(f"{title} [{ref_id}]: {expr}")
+            if not missing or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(2)
+    assert not running.result.unexpected(), running.result.counts()
     return missing
 
 
